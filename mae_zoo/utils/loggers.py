@@ -5,16 +5,48 @@ import csv
 import os
 import secrets
 import string
+import warnings
 from pathlib import Path
+from typing import Any
 
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 
+def _sweep_info() -> tuple[str | None, str | None, list[str]]:
+    """(group, job suffix, tags) for a job of a Hydra multirun: the sweep folder names the group, so a
+    sweep shows as one group in the W&B dashboard; the job's overrides become its tags."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:  # pragma: no cover
+        return None, None, []
+    if not HydraConfig.initialized():
+        return None, None, []
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None, None, []
+    group = str(hc.sweep.dir)[-128:]  # W&B limit
+    tags = [str(o) for o in hc.overrides.task if not str(o).startswith(("hydra", "paths."))]
+    return group, str(hc.job.get("num", "")), [t for t in tags if len(t) <= 64]
+
+
 def wandb_logger(save_dir: str, project: str = "mae_zoo", name: str | None = None, group: str | None = None,
                  tags: list[str] | None = None, entity: str | None = None) -> WandbLogger:
-    """A WandbLogger whose run id is kept in the run folder, so a resumed run continues the same W&B run."""
+    """A WandbLogger whose run id is kept in the run folder, so a resumed run continues the same W&B run.
+
+    In a Hydra multirun, ``group`` defaults to the sweep folder, the name gets the job number and the
+    job's overrides are added to ``tags``.
+    """
+    sweep_group, job_num, sweep_tags = _sweep_info()
+    if sweep_group is not None:
+        group = group or sweep_group
+        name = f"{name}-{job_num}" if name and job_num else name
+        tags = [*(tags or []), *(t for t in sweep_tags if t not in (tags or []))]
     run_dir = Path(save_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "wandb_id.txt"
@@ -27,6 +59,39 @@ def wandb_logger(save_dir: str, project: str = "mae_zoo", name: str | None = Non
             id_file.write_text(run_id + "\n")
     return WandbLogger(project=project, name=name, group=group, tags=list(tags or []), entity=entity,
                        save_dir=str(run_dir), id=run_id, resume="allow")
+
+
+class WandbResolvedConfig(Callback):
+    """Puts the whole resolved run config into the W&B run's config (rank 0, at the start of fit)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        # resolved here, in the process that has Hydra's runtime config (a ddp_spawn worker has not);
+        # only when a W&B logger is configured, so other runs never pay for (or fail on) it
+        self.config: dict | None = None
+        if any("wandb" in str((c or {}).get("_target_", "")) for c in (cfg.get("logger") or {}).values()):
+            try:
+                self.config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+            except Exception:  # noqa: BLE001 - an unresolvable value: log the config as written
+                self.config = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero and self.config is not None:
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.config.update(self.config, allow_val_change=True)
+
+
+def log_final_metrics(loggers: list, metrics: dict[str, Any]) -> None:
+    """The final evaluation table (``final/metrics``: metric, value) and the run summary, for W&B loggers
+    whose run lives in this process (with ddp_spawn it lived in a worker that has exited)."""
+    numbers = {k: v for k, v in sorted(metrics.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+            try:  # a dashboard extra must never fail a finished run
+                logger.log_table(key="final/metrics", columns=["metric", "value"], data=[[k, float(v)] for k, v in numbers.items()])
+                logger.experiment.summary.update(metrics)
+            except Exception as err:  # noqa: BLE001
+                warnings.warn(f"W&B: could not log the final metrics table: {err}", stacklevel=2)
 
 
 def finish_wandb() -> None:

@@ -17,6 +17,42 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
 from mae_zoo.core.errors import ConfigError
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
+_INTERACTIVE_JOB_NAMES = ("bash", "interactive", "sh", "zsh")
+
+
+def slurm_job_tag() -> str | None:
+    """``<job id>`` or ``<array job id>_<array task id>`` inside a Slurm batch job, else None.
+
+    ``scontrol requeue`` keeps these ids, so a folder named after them is found again by the
+    requeued job. Interactive allocations (``salloc``/``srun --pty bash``) return None: several
+    runs started from one allocation must not share (and resume from) one folder.
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or os.environ.get("SLURM_JOB_NAME", "") in _INTERACTIVE_JOB_NAMES:
+        return None
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{array_task}" if array_job and array_task else job
+
+
+def run_name(local_name: str) -> str:
+    """Resolver ``${mae_zoo.run_name:<local name>}``: ``slurm-<job id>[_<task>]`` under Slurm (every
+    srun rank and every requeue of the job agree on it), else ``local_name`` (a timestamp)."""
+    tag = slurm_job_tag()
+    return f"slurm-{tag}" if tag else str(local_name)
+
+
+def slurm_count(value: Any, key: str = "trainer.devices") -> int:
+    """Resolver ``${mae_zoo.slurm_count:${trainer.devices},trainer.devices}``: the launcher's tasks/nodes
+    per job must be a plain integer (Slurm starts that many ranks); anything else is a clear error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key}={value!r}: under Slurm set it to an integer ≥ 1 (the number of ranks per node "
+                          "that Slurm starts; Lightning checks that the two agree)")
+    return value
+
+
+for _name, _fn in (("mae_zoo.run_name", run_name), ("mae_zoo.slurm_count", slurm_count)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -66,6 +102,11 @@ def check_launch(cfg: DictConfig, multirun: bool, launcher: str | None) -> None:
     Lightning's subprocess launcher re-runs ``sys.argv`` (still holding ``-m`` and the sweep) in
     every child rank, so each child would start a sweep of its own.
     """
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if cfg.strategy.name == "fsdp" and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
+        raise ConfigError(
+            "strategy=fsdp needs CUDA GPUs (Lightning's FSDPStrategy refuses the CPU accelerator); on CPU use "
+            "strategy=ddp (ranks from srun/torchrun/Lightning) or strategy=ddp_spawn")
     devices = cfg.trainer.get("devices", 1)
     many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or (
         isinstance(devices, (list, str)) and str(devices) not in ("1", "auto")
@@ -118,10 +159,20 @@ def git_revision(root: Path) -> str:
     return f"{rev}{' (dirty)' if dirty else ''}" if rev else "unknown (not a git checkout)"
 
 
+SLURM_RECORD_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
+                     "SLURM_JOB_NAME", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_NNODES",
+                     "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK")
+
+
 def write_run_records(cfg: DictConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / "git_revision.txt").write_text(git_revision(Path(__file__).resolve().parents[2]) + "\n")
+    if os.environ.get("SLURM_JOB_ID"):
+        # one line per (re)start: a requeued job appends, so the file shows each restart of the run
+        record = {k.lower(): os.environ[k] for k in SLURM_RECORD_VARS if k in os.environ}
+        with open(run_dir / "slurm.jsonl", "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def write_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
