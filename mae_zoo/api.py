@@ -98,6 +98,8 @@ def load(
             if given:
                 raise ConfigError(f"{sorted(given)} apply to foreign checkpoints; {path} records its own hyperparameters")
             model, info = _load_mae_zoo(checkpoint, strict), LoadInfo(str(path), "mae_zoo")
+        elif _is_state_dict(checkpoint.get("model")) and _is_official_video(checkpoint["model"]):
+            model, info = _load_official_video(checkpoint, path, **overrides)
         elif _is_state_dict(checkpoint.get("model")):
             model, info = _load_official(checkpoint, path, **overrides)
         else:
@@ -146,6 +148,49 @@ def _load_official(
     return result.model, info
 
 
+def _is_official_video(state_dict: Mapping[str, Any]) -> bool:
+    from mae_zoo.weights.official_videomae import is_official_videomae
+
+    return is_official_videomae(state_dict)
+
+
+def _load_official_video(
+    checkpoint: Mapping[str, Any], path: Path, **overrides: Any
+) -> tuple[MaskedAutoencoder, LoadInfo]:
+    """An official VideoMAE / VideoMAE V2 pre-training checkpoint (see ``weights/official_videomae.py``)."""
+    from mae_zoo.weights.official_videomae import load_official_videomae
+
+    result = load_official_videomae(checkpoint["model"], args=checkpoint.get("args"), **overrides)
+    warnings.warn(f"{path}: official VideoMAE checkpoint; chosen: {'; '.join(result.choices)}", UserWarning, stacklevel=3)
+    return result.model, LoadInfo(str(path), "official_videomae", "pretrain", choices=result.choices)
+
+
+def _load_hf_video_dir(path: Path, norm_pix_loss: bool | None, **heads: int | None) -> tuple[MaskedAutoencoder, LoadInfo]:
+    """A HF ``VideoMAEForPreTraining`` directory, mapped with the exact map of ``weights/hf_videomae.py``."""
+    from transformers import VideoMAEForPreTraining
+
+    from mae_zoo.modalities.video import VideoMAE
+    from mae_zoo.weights.hf_videomae import load_hf_into_videomae, videomae_kwargs_from_hf_config
+    from mae_zoo.weights.hf_vitmae import StateDictMismatchError
+    from mae_zoo.weights.official_videomae import DEFAULT_OPTIM
+
+    if any(v is not None for v in heads.values()):
+        raise ConfigError(f"{path}: a HF directory records its heads in config.json; do not pass {sorted(heads)}")
+    hf, report = VideoMAEForPreTraining.from_pretrained(str(path.resolve()), local_files_only=True, output_loading_info=True)
+    problems = {k: sorted(map(str, v)) for k, v in report.items() if v}
+    if problems:
+        raise StateDictMismatchError(f"{path} does not fit VideoMAEForPreTraining: {problems}",
+                                     problems.get("missing_keys", []), problems.get("unexpected_keys", []), [])
+    kwargs = videomae_kwargs_from_hf_config(hf.config)
+    choices = ["mask=tube 0.9 (HF stores no mask generator)", "pixel mean/std = ImageNet (HF's hard-coded values)"]
+    if norm_pix_loss is not None:
+        kwargs["norm_pix_loss"] = bool(norm_pix_loss)
+        choices.append(f"norm_pix_loss={bool(norm_pix_loss)} (given; config.json says {hf.config.norm_pix_loss})")
+    model = VideoMAE(optim=dict(DEFAULT_OPTIM), pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225], **kwargs)
+    load_hf_into_videomae(model, hf.state_dict())
+    return model, LoadInfo(str(path), "hf_videomae", "pretrain", choices=choices)
+
+
 def _load_hf_dir(
     path: Path, num_heads: int | None, decoder_num_heads: int | None, norm_pix_loss: bool | None
 ) -> tuple[MaskedAutoencoder, LoadInfo]:
@@ -153,8 +198,11 @@ def _load_hf_dir(
     if not config_file.is_file():
         raise ConfigError(f"{path} is a directory without config.json; expected a HF save_pretrained directory")
     model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type == "videomae":
+        return _load_hf_video_dir(path, norm_pix_loss, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     if model_type != "vit_mae":
-        raise ConfigError(f"{path}: config.json has model_type={model_type!r}; only 'vit_mae' (ViTMAEForPreTraining) loads")
+        raise ConfigError(f"{path}: config.json has model_type={model_type!r}; only 'vit_mae' (ViTMAEForPreTraining) "
+                          "and 'videomae' (VideoMAEForPreTraining) load")
     try:
         from transformers import ViTMAEForPreTraining
     except ImportError as err:  # pragma: no cover - transformers is a dev extra

@@ -48,8 +48,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     notes = [str(w.message) for w in caught if w.category is UserWarning]
     for note in notes:
         print(f"mae_zoo: warning: {note}", file=sys.stderr)
-    if type(model).__name__ != "ImageMAE":
-        raise ConfigError(f"format={fmt} exports image MAEs; {source} holds a {type(model).__name__}")
+    kind = type(model).__name__
+    if kind not in ("ImageMAE", "VideoMAE") or (kind == "VideoMAE" and fmt != "hf"):
+        raise ConfigError(f"format={fmt} exports image MAEs (and format=hf also VideoMAE); {source} holds a {kind}")
     write_run_records(cfg, run_dir)
     if cfg.get("print_config", False):
         print_config_tree(cfg)
@@ -58,6 +59,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             from mae_zoo.weights.timm_export import export_timm
 
             files = [p.name for p in export_timm(model, run_dir)]
+        elif kind == "VideoMAE":  # a VideoMAEForPreTraining directory
+            from mae_zoo.weights.hf_videomae import export_hf as export_hf_video
+
+            files = export_hf_video(model, run_dir)
         else:
             from mae_zoo.weights.hf_vitmae import export_hf
 

@@ -98,13 +98,16 @@ class TransformerStack(nn.Module):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
+        attn_layer: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        # attn_layer: timm's fused-qkv Attention unless a modality needs another (VideoMAE's q/v-only biases).
+        extra = {"attn_layer": attn_layer} if attn_layer is not None else {}
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=layer_norm(norm_eps))
+            Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=layer_norm(norm_eps), **extra)
             for r in rates
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
