@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-fast smoke bench record-fashion-mnist clean help
+.PHONY: install train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-graphmae-planetoid record-graphmae-tu record-slurm-sweep clean help
 
 help:
 	@echo "make train   - install, then pre-train an image MAE on the embedded shapes dataset (a few CPU minutes)"
@@ -12,6 +12,11 @@ help:
 	@echo "make smoke   - a few training steps through the CLI"
 	@echo "make bench   - step-time benchmarks (bench/)"
 	@echo "make record-fashion-mnist - the experiments/mae_fashion_mnist record run (about 25 min)"
+	@echo "make record-mnist - the experiments/mae_mnist pre-training run (about 35 min; evaluation commands in its README)"
+	@echo "make record-graphmae-planetoid - GraphMAE Cora + CiteSeer, 20 seeds each (hours on 2 cores; SEEDS=range(0,5) for fewer)"
+	@echo "make record-graphmae-tu - GraphMAE MUTAG, 5 seeds (about 3 min)"
+	@echo "make record-slurm-sweep - the experiments/slurm_sweep record on a local one-node Slurm cluster (about 11 min)"
+	@echo "make bench-graph - GraphMAE Cora epoch time, mae_zoo vs a plain torch-geometric loop"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +43,25 @@ bench: install
 
 record-fashion-mnist: install
 	$(PY) -m mae_zoo.train experiment=mae_fashion_mnist $(ARGS)
+
+record-mnist: install
+	$(PY) -m mae_zoo.train experiment=mae_mnist hydra.run.dir=runs/record_mnist $(ARGS)
+
+# Seeds accumulate in runs/results/<task>.{jsonl,md}: a partial sweep can be continued with other SEEDS.
+SEEDS ?= range(0,20)
+record-graphmae-planetoid: install
+	$(PY) -m mae_zoo.train -m experiment=graphmae_citeseer 'seed=$(SEEDS)' print_config=false hydra.sweep.dir=runs/record_graphmae_citeseer $(ARGS)
+	$(PY) -m mae_zoo.train -m experiment=graphmae_cora 'seed=$(SEEDS)' print_config=false hydra.sweep.dir=runs/record_graphmae_cora $(ARGS)
+
+record-graphmae-tu: install
+	$(PY) -m mae_zoo.train -m experiment=graphmae_mutag 'seed=range(0,5)' print_config=false hydra.sweep.dir=runs/record_graphmae_mutag $(ARGS)
+
+record-slurm-sweep: install
+	bash .ci/slurm_up.sh
+	bash experiments/slurm_sweep/run_sweep.sh $(ARGS)
+
+bench-graph: install
+	$(PY) bench/graph_epoch.py $(ARGS)
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MatmulProbe, environment, summary, warn_if_busy, write_json  # noqa: E402
 
-from mae_zoo.core.optim import WarmupCosine, build_adamw, param_groups, scaled_lr  # noqa: E402
+from mae_zoo.core.optim import WarmupCosine, build_optimizer, param_groups, scaled_lr  # noqa: E402
 from mae_zoo.train import _instantiate, build  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ class Bench:
         model = _instantiate(cfg.module, _recursive_=False, _convert_="all").train()
         optim = cfg.optim
         lr = optim.get("lr") or scaled_lr(optim.blr, self.batch_size)
-        optimizer = build_adamw(param_groups(model, optim.weight_decay), lr, tuple(optim.betas))
+        optimizer = build_optimizer("adamw", param_groups(model, optim.weight_decay), lr, tuple(optim.betas))
         per_epoch = len(self.loader_factory())
         warmup_steps = optim.get("warmup_steps")
         if warmup_steps is None:

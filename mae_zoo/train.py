@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.utils.console import print_config_tree
-from mae_zoo.utils.instantiate import instantiate_checked
-from mae_zoo.utils.loggers import finish_wandb
+from mae_zoo.results import record_result
+from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
+from mae_zoo.utils.loggers import WandbResolvedConfig, finish_wandb, log_final_metrics
 from mae_zoo.utils.runtime import (
     AtomicCheckpointIO,
     check_launch,
@@ -39,9 +40,16 @@ def _hydra_launch_info() -> tuple[bool, str | None]:
 
 class _FitProgress(pl.Callback):
     """Put the final step and epoch into ``callback_metrics``: the one channel through which
-    results also come back from ``ddp_spawn`` workers to the launching process."""
+    results also come back from ``ddp_spawn`` workers to the launching process.
+    ``trainer/start_step`` is the step this process started from (> 0 after a resume or requeue)."""
+
+    start_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.start_step = trainer.global_step  # after the checkpoint (if any) was restored
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.callback_metrics["trainer/start_step"] = torch.tensor(float(self.start_step))
         trainer.callback_metrics["trainer/global_step"] = torch.tensor(float(trainer.global_step))
         trainer.callback_metrics["trainer/epoch"] = torch.tensor(float(trainer.current_epoch))
 
@@ -57,7 +65,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
-        callbacks=[*callbacks, _FitProgress()],
+        callbacks=[*callbacks, _FitProgress(), WandbResolvedConfig(cfg)],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.paths.run_dir,
@@ -79,6 +87,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_run_records(cfg, run_dir)
             if cfg.get("print_config", True):
                 print_config_tree(cfg)
+        final_eval = instantiate_checked(cfg.final_eval, _convert_="all") if cfg.get("final_eval") else None
+        if final_eval is not None and hasattr(final_eval, "check"):
+            with config_errors_surface():  # a protocol that does not fit the data fails now, not after training
+                final_eval.check(module, datamodule)
         ckpt_path = find_resume_checkpoint(cfg.get("resume", "auto"), run_dir)
         if ckpt_path and trainer.is_global_zero:
             print(f"resuming from {ckpt_path}")
@@ -89,8 +101,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({"trainer/precision": str(trainer.precision), "time/fit_wall_s": round(time.time() - start, 2)})
         if hasattr(datamodule, "num_skipped"):
             metrics["data/skipped_files"] = datamodule.num_skipped
+        if final_eval is not None and trainer.is_global_zero:
+            metrics.update(final_eval(module, datamodule, run_dir))
         if trainer.is_global_zero:
             write_metrics(metrics, run_dir)
+            log_final_metrics(trainer.loggers, metrics)  # W&B: final/metrics table + summary
+            if cfg.get("results_file"):
+                print(f"results: {record_result(cfg.results_file, cfg.seed, metrics, str(run_dir))}")
         return metrics
     finally:
         finish_wandb()

@@ -15,7 +15,7 @@ import torch.nn as nn
 from omegaconf import DictConfig
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.eval import evaluate
+from mae_zoo.eval import eval_options, evaluate
 from mae_zoo.evaluation.finetune import ViTClassifier, layer_decay_param_groups, layer_id
 from mae_zoo.evaluation.knn import KNNAccuracy, knn_scores
 from mae_zoo.evaluation.linear import LARS, LinearHead, train_linear_probe
@@ -347,7 +347,7 @@ def test_cli_errors_are_one_line(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mae_zoo: configuration error:") and needle in lines[0], lines
     res = run_eval_cli("--help")
-    assert res.returncode == 0 and "mae_zoo.eval: evaluate" in res.stdout and "eval: finetune, knn, linear" in res.stdout
+    assert res.returncode == 0 and "mae_zoo.eval: evaluate" in res.stdout and "eval: " + ", ".join(eval_options()) in res.stdout
 
 
 def test_bad_values_fail_before_work(tiny_ckpt, tmp_path):

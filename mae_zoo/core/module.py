@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
-from mae_zoo.core.optim import WarmupCosine, build_adamw, param_groups, scaled_lr
+from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
 from mae_zoo.core.types import Layout, MAEOutput, Tokens
 from mae_zoo.masks.base import MaskGenerator
 
@@ -90,10 +90,19 @@ class MaskedAutoencoder(pl.LightningModule):
         mask = mask.to(device=tokens.inputs.device, dtype=torch.bool)
         if mask.shape != tokens.inputs.shape[:2]:
             raise ValueError(f"mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.inputs.shape[:2])}")
-        encoded = self.encoder(tokens.inputs, mask)
-        pred = self.decoder(encoded)
+        encoded = self.encode(tokens, mask, generator)
+        pred = self.decode(encoded, tokens, mask)
         loss, target = self.objective(pred, tokens.target, mask)
         return MAEOutput(loss=loss, pred=pred, mask=mask, target=target)
+
+    def encode(self, tokens: Tokens, mask: torch.Tensor, generator: torch.Generator | None = None) -> Any:
+        """Encoder step. Token-dropping encoders need only inputs and mask; a modality whose encoder
+        needs more of the layout (a graph's edges) or random numbers of its own overrides this."""
+        return self.encoder(tokens.inputs, mask)
+
+    def decode(self, encoded: Any, tokens: Tokens, mask: torch.Tensor) -> torch.Tensor:
+        """Decoder step: per-token predictions (B, L, Q)."""
+        return self.decoder(encoded)
 
     def mask_rng(self, stage: str, step: int, micro: int = 0) -> torch.Generator:
         """A generator seeded by (seed, global rank, stage, step, micro-batch): ranks differ, runs repeat."""
@@ -132,7 +141,8 @@ class MaskedAutoencoder(pl.LightningModule):
         lr = cfg.get("lr") or scaled_lr(cfg["blr"], effective)
         # Fused AdamW: on CPU the default per-tensor loop cost 12% of a ViT-B bf16 step (bench/README.md).
         fused = self.device.type in ("cpu", "cuda")
-        optimizer = build_adamw(param_groups(self, cfg["weight_decay"]), lr, cfg.get("betas", (0.9, 0.95)), fused=fused)
+        groups = (all_params_group if cfg.get("decay_all") else param_groups)(self, cfg["weight_decay"])
+        optimizer = build_optimizer(cfg.get("name", "adamw"), groups, lr, cfg.get("betas", (0.9, 0.95)), fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = cfg.get("warmup_steps")
         if warmup is None:
@@ -140,7 +150,8 @@ class MaskedAutoencoder(pl.LightningModule):
             per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
             warmup = round(cfg.get("warmup_epochs", 0) * per_epoch)
         warmup = min(int(warmup), max(0, total - 1))
-        schedule = WarmupCosine(warmup, total, min_factor=cfg.get("min_lr", 0.0) / lr)
+        schedule = WarmupCosine(warmup, total, min_factor=cfg.get("min_lr", 0.0) / lr,
+                                constant=cfg.get("schedule", "cosine") == "constant")
         self.schedule_info = {"lr": lr, "effective_batch": effective, "warmup_steps": warmup, "total_steps": total}
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

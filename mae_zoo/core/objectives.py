@@ -33,3 +33,21 @@ class MaskedMSE(torch.nn.Module):
             target = normalize_per_token(target, self.eps)
         per_token = (pred.float() - target).pow(2).mean(dim=-1)
         return masked_mean(per_token, mask), target
+
+
+class ScaledCosineError(torch.nn.Module):
+    """GraphMAE's scaled cosine error on hidden tokens: mean over them of ``(1 - cos(pred, target))^alpha``."""
+
+    def __init__(self, alpha: float = 2.0) -> None:
+        super().__init__()
+        if alpha < 1:
+            raise ValueError(f"alpha (the SCE scaling exponent) must be >= 1, got {alpha}")
+        self.alpha = float(alpha)
+
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = torch.nn.functional.normalize(pred.float(), p=2, dim=-1)
+        target = torch.nn.functional.normalize(target.float(), p=2, dim=-1)
+        per_token = (1.0 - (pred * target).sum(dim=-1)).pow(self.alpha)
+        return masked_mean(per_token, mask), target

@@ -41,13 +41,29 @@ class WarmupCosine:
     total_steps: int
     min_factor: float = 0.0
 
+    constant: bool = False  # warmup, then the peak LR throughout (GraphMAE's ``scheduler: False``)
+
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return step / max(1, self.warmup_steps)
+        if self.constant:
+            return 1.0
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, progress)
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_adamw(params: Iterable[dict], lr: float, betas: tuple[float, float], fused: bool | None = None) -> torch.optim.AdamW:
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), fused=fused)  # type: ignore[arg-type]
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
+def build_optimizer(name: str, params: Iterable[dict], lr: float, betas: tuple[float, float],
+                    fused: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW (MAE and most methods) or Adam with L2 weight decay (GraphMAE's ``optimizer: adam``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got '{name}'")
+    return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), fused=fused)  # type: ignore[arg-type]
+
+
+def all_params_group(model: nn.Module, weight_decay: float) -> list[dict]:
+    """One group, weight decay on every parameter (GraphMAE's ``create_optimizer``)."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]

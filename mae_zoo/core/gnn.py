@@ -1,0 +1,137 @@
+"""Graph encoders and decoders for GraphMAE, on torch-geometric's ``GATConv`` and ``GINConv``.
+
+The layer stacks follow the official GraphMAE ``GAT``/``GIN`` classes (THUDM/GraphMAE): feature
+dropout before every layer, an activation (and norm/residual when configured) after every hidden
+layer, and on the last layer only when the stack is an encoder (``encoding=True``); a decoder's
+last layer is linear. Initialisation follows the official GATConv (Xavier-normal, gain sqrt(2)).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch_geometric.nn import GATConv, GINConv
+
+from mae_zoo.core.errors import ConfigError
+
+ACTIVATIONS = ("prelu", "relu", "elu", "gelu", "identity")
+NORMS = (None, "batchnorm", "layernorm")
+
+
+def make_activation(name: str | None) -> nn.Module:
+    name = (name or "identity").lower()
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {list(ACTIVATIONS)}, got '{name}'")
+    # A fresh module per use: PReLU has its own learnable slope in every layer, as in the official code.
+    return {"prelu": nn.PReLU, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "identity": nn.Identity}[name]()
+
+
+def make_norm(name: str | None, dim: int) -> nn.Module:
+    if name not in NORMS:
+        raise ConfigError(f"model.norm must be one of {list(NORMS)}, got '{name}'")
+    if name == "batchnorm":
+        return nn.BatchNorm1d(dim)
+    if name == "layernorm":
+        return nn.LayerNorm(dim)
+    return nn.Identity()
+
+
+class GATLayer(nn.Module):
+    """One GraphMAE GAT layer: dropout -> GATConv (heads concatenated) -> residual -> norm -> activation."""
+
+    def __init__(self, in_dim: int, out_per_head: int, heads: int, feat_drop: float, attn_drop: float,
+                 negative_slope: float, residual: bool, norm: str | None, activation: str | None) -> None:
+        super().__init__()
+        out_dim = out_per_head * heads
+        self.feat_drop = nn.Dropout(feat_drop)
+        self.conv = GATConv(in_dim, out_per_head, heads=heads, concat=True, negative_slope=negative_slope,
+                            dropout=attn_drop, add_self_loops=True, bias=True)
+        self.res_fc = (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+        self.norm = make_norm(norm, out_dim)
+        self.act = make_activation(activation)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_normal_(self.conv.lin.weight, gain=gain)  # type: ignore[union-attr]
+        nn.init.xavier_normal_(self.conv.att_src, gain=gain)
+        nn.init.xavier_normal_(self.conv.att_dst, gain=gain)
+        nn.init.zeros_(self.conv.bias)
+        if isinstance(self.res_fc, nn.Linear):
+            nn.init.xavier_normal_(self.res_fc.weight, gain=gain)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.feat_drop(x), edge_index)
+        if self.res_fc is not None:
+            h = h + self.res_fc(x)
+        return self.act(self.norm(h))
+
+
+class GINMLP(nn.Module):
+    """GIN's update MLP: Linear -> norm -> activation -> Linear, then (``post``) norm -> activation."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, norm: str | None, activation: str, post: bool) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), make_norm(norm, hidden), make_activation(activation),
+                                 nn.Linear(hidden, out_dim))
+        self.post = nn.Sequential(make_norm(norm, out_dim), make_activation(activation)) if post else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.net(x))
+
+
+class GINLayer(nn.Module):
+    """One GraphMAE GIN layer: dropout -> sum aggregation with fixed eps 0 -> MLP (-> residual)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float, norm: str | None,
+                 activation: str, post: bool, residual: bool) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.conv = GINConv(GINMLP(in_dim, hidden, out_dim, norm, activation, post), eps=0.0, train_eps=False)
+        self.res_fc = (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x)
+        h = self.conv(x, edge_index)
+        return h + self.res_fc(x) if self.res_fc is not None else h
+
+
+class GNN(nn.Module):
+    """A stack of GAT or GIN layers. ``out_dim`` is the width of the last layer's output (for GAT:
+    per head times ``out_heads``); returns node features (N, out_dim)."""
+
+    def __init__(self, kind: str, in_dim: int, hidden: int, out_dim: int, layers: int, encoding: bool,
+                 heads: int = 1, out_heads: int = 1, activation: str = "prelu", feat_drop: float = 0.0,
+                 attn_drop: float = 0.0, negative_slope: float = 0.2, residual: bool = False,
+                 norm: str | None = None) -> None:
+        super().__init__()
+        if kind not in ("gat", "gin"):
+            raise ConfigError(f"model.kind must be 'gat' or 'gin', got '{kind}'")
+        if layers < 1:
+            raise ConfigError(f"model.layers must be >= 1, got {layers}")
+        self.kind, self.out_dim = kind, out_dim
+        last_act = activation if encoding else None
+        last_norm = norm if encoding else None
+        last_res = residual and encoding
+        self.layers = nn.ModuleList()
+        if kind == "gat":
+            if hidden % heads or out_dim % out_heads:
+                raise ConfigError(f"GAT widths must divide by the heads: hidden {hidden} / heads {heads}, "
+                                  f"out {out_dim} / out_heads {out_heads}")
+            dims = [in_dim] + [hidden] * (layers - 1)
+            for i in range(layers - 1):
+                self.layers.append(GATLayer(dims[i], hidden // heads, heads, feat_drop, attn_drop, negative_slope,
+                                            residual, norm, activation))
+            self.layers.append(GATLayer(dims[-1], out_dim // out_heads, out_heads, feat_drop, attn_drop,
+                                        negative_slope, last_res, last_norm, last_act))
+        else:
+            dims = [in_dim] + [hidden] * (layers - 1)
+            for i in range(layers - 1):
+                self.layers.append(GINLayer(dims[i], hidden, hidden, feat_drop, norm, activation, True, residual))
+            # The last layer's MLP ends linear in a decoder; an encoder adds norm + activation after it.
+            self.layers.append(GINLayer(dims[-1], hidden, out_dim, feat_drop, norm, activation,
+                                        post=encoding and norm is not None, residual=last_res))
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, edge_index)
+        return x
