@@ -4,13 +4,15 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from conftest import compose_cfg, needs_shared, run_cli
+from conftest import ROOT, compose_cfg, needs_shared, run_cli
 from mae_zoo.api import load
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.objectives import ScaledCosineError
@@ -227,6 +229,27 @@ def test_mutag_smoke_run_with_svm_protocol(tu_root, tmp_path):
     assert 50 < metrics["eval_svm/test_acc"] <= 100
     dm = TUDataModule(str(tu_root), "MUTAG", cache_dir=str(tmp_path / "cache"))
     assert dm.num_features == 7 and dm.num_classes == 2 and len(dm.graphs()) == 188
+
+
+def test_seed_sweeps_split_over_invocations_accumulate_in_one_table(tu_root, tmp_path):
+    """Two multiruns of one preset, one seed each, into the same sweep folder: each seed gets its own
+    folder (the seed is in its name, so the job numbers restarting at 0 do not collide), and the
+    results file holds both seeds."""
+    sweep, results = tmp_path / "sweep", tmp_path / "results" / "mutag.jsonl"
+    common = ["-m", "experiment=graphmae_mutag", "debug=smoke", "print_config=false", f"data.root={tu_root}",
+              f"data.cache_dir={tmp_path}/cache", f"results_file={results}", f"hydra.sweep.dir={sweep}"]
+    for seed in (0, 1):
+        res = run_cli(*common, f"seed={seed}", timeout=400)
+        assert res.returncode == 0, res.stderr[-2000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["seed0-job0", "seed1-job0"]
+    assert [row["seed"] for row in read_results(results)] == [0, 1]
+    assert "2 seed(s): 0, 1" in results.with_suffix(".md").read_text()
+    ckpt = sweep / "seed1-job0" / "checkpoints" / "last.ckpt"
+    res = subprocess.run([sys.executable, "-m", "mae_zoo.eval", f"ckpt={ckpt}", "eval=graph_svm", "print_config=false",
+                          f"hydra.run.dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["eval_svm/test_acc"]
+    assert evaluated == pytest.approx(read_results(results)[1]["metrics"]["eval_svm/test_acc"])  # same folds, same model
 
 
 def test_short_cora_run_beats_raw_feature_logistic_regression(tmp_path):
