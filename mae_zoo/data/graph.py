@@ -93,7 +93,8 @@ class GraphDataModule(pl.LightningDataModule):
         self.num_classes: int | None = None
 
     def load(self) -> tuple[list[Data], int]:
-        raise NotImplementedError
+        """The graphs and the number of classes; each dataset family implements it."""
+        raise NotImplementedError(f"{type(self).__name__} must define load()")
 
     def graphs(self) -> list[Data]:
         if self._graphs is None:
