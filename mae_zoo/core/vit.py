@@ -196,18 +196,24 @@ class MAEDecoder(TransformerStack):
         return self.decoder_pred(x[:, self.num_prefix :])
 
 
+def init_linear_or_norm(m: nn.Module) -> None:
+    """The MAE-family init of one Linear (xavier-uniform, zero bias) or LayerNorm (1, 0); other modules
+    are left alone. Called per module, in module order, so seeded inits keep their draw order."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 def init_mae_weights(module: nn.Module) -> None:
     """Official MAE init: xavier-uniform Linear (and the flattened patch conv), zero bias,
     LayerNorm 1/0, cls and mask tokens N(0, 0.02)."""
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, PatchProjection):
+    for m in module.modules():
+        init_linear_or_norm(m)
+        if isinstance(m, PatchProjection):
             w = m.proj.weight
             bound = math.sqrt(6.0 / (w.shape[0] + w[0].numel()))
             nn.init.uniform_(w, -bound, bound)  # xavier on the (D, C*k*k) view; bias keeps torch's init

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from mae_zoo.core.errors import ConfigError
+from mae_zoo.core.errors import ConfigError, check_patch_size
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.objectives import MaskedMSE
 from mae_zoo.core.pos_embed import sincos_2d
@@ -52,12 +52,7 @@ class ImageMAE(MaskedAutoencoder):
         seed: int = 0,
     ) -> None:
         super().__init__(mask=mask, optim=optim, seed=seed)
-        if img_size % patch_size:
-            divisors = [d for d in range(1, img_size + 1) if img_size % d == 0]
-            raise ConfigError(
-                f"model.patch_size={patch_size} does not divide the image size {img_size} "
-                f"(data.image_size); valid patch sizes: {divisors}"
-            )
+        check_patch_size(patch_size, img_size)
         if embed_pool not in ("cls", "mean"):
             raise ConfigError(f"embed_pool must be 'cls' or 'mean', got '{embed_pool}'")
         self.patch_size = patch_size

@@ -32,11 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 
-from mae_zoo.core.errors import ConfigError
+from mae_zoo.core.errors import ConfigError, check_patch_size
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.objectives import masked_mean
 from mae_zoo.core.types import Layout, MAEOutput, Tokens
-from mae_zoo.core.vit import Encoded, PatchProjection, TransformerStack, Visible
+from mae_zoo.core.vit import Encoded, PatchProjection, TransformerStack, Visible, init_linear_or_norm
 
 Grid = tuple[int, int, int]
 
@@ -205,13 +205,7 @@ def init_videomae_weights(module: nn.Module) -> None:
     """Official VideoMAE init: xavier-uniform Linear with zero bias, LayerNorm 1/0, mask token
     truncated normal (std 0.02, cut at +-0.02); the tubelet Conv3d keeps PyTorch's default."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        init_linear_or_norm(m)
     for name, p in module.named_parameters():
         if name.endswith("mask_token"):
             nn.init.trunc_normal_(p, std=0.02, a=-0.02, b=0.02)
@@ -243,9 +237,7 @@ class VideoMAE(MaskedAutoencoder):
         seed: int = 0,
     ) -> None:
         super().__init__(mask=mask, optim=optim, seed=seed)
-        if img_size % patch_size:
-            raise ConfigError(f"model.patch_size={patch_size} does not divide the frame size {img_size} (data.image_size); "
-                              f"valid: {[d for d in range(1, img_size + 1) if img_size % d == 0]}")
+        check_patch_size(patch_size, img_size, "frame size")
         if num_frames % tubelet_size:
             raise ConfigError(f"model.tubelet_size={tubelet_size} does not divide data.num_frames={num_frames}; "
                               f"valid: {[d for d in range(1, num_frames + 1) if num_frames % d == 0]}")
