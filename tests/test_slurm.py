@@ -234,7 +234,8 @@ def test_multirun_through_the_slurm_launcher(tmp_path):
         assert metrics["trainer/global_step"] == 4
         record = json.loads((sweep / job / "slurm.jsonl").read_text().splitlines()[0])
         assert record["slurm_array_task_id"] == job and record["slurm_ntasks"] == "1"
-        assert _sacct_states(f"{record['slurm_array_job_id']}_{job}") == ["COMPLETED"]
+        # the result pickle can come back before Slurm has marked the job ended: wait for its final state
+        assert _wait_for_job(f"{record['slurm_array_job_id']}_{job}", timeout=60) == ["COMPLETED"]
     with open(sweep / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["seed"], r["status"], r["trainer/global_step"]) for r in rows] == [
