@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-graphmae-planetoid record-graphmae-tu record-slurm-sweep clean help
+.PHONY: install train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
 
 help:
 	@echo "make train   - install, then pre-train an image MAE on the embedded shapes dataset (a few CPU minutes)"
@@ -15,6 +15,7 @@ help:
 	@echo "make record-mnist - the experiments/mae_mnist pre-training run (about 35 min; evaluation commands in its README)"
 	@echo "make record-graphmae-planetoid - GraphMAE Cora + CiteSeer, 20 seeds each (hours on 2 cores; SEEDS=range(0,5) for fewer)"
 	@echo "make record-graphmae-tu - GraphMAE MUTAG, 5 seeds (about 3 min)"
+	@echo "make check-graphmae-official OFFICIAL=DIR - our GraphMAE vs a checkout of the official code (branch pyg): same loss/gradients"
 	@echo "make record-slurm-sweep - the experiments/slurm_sweep record on a local one-node Slurm cluster (about 11 min)"
 	@echo "make bench-graph - GraphMAE Cora epoch time, mae_zoo vs a plain torch-geometric loop"
 
@@ -55,6 +56,13 @@ record-graphmae-planetoid: install
 
 record-graphmae-tu: install
 	$(PY) -m mae_zoo.train -m experiment=graphmae_mutag 'seed=range(0,5)' print_config=false hydra.sweep.dir=runs/record_graphmae_mutag $(ARGS)
+
+# OFFICIAL: a checkout of THUDM/GraphMAE, branch pyg (experiments/graphmae_official_check/README.md).
+check-graphmae-official: install
+	@test -n "$(OFFICIAL)" || { echo "set OFFICIAL=<checkout of THUDM/GraphMAE, branch pyg>"; exit 2; }
+	$(PY) experiments/graphmae_official_check/compare_official.py --official $(OFFICIAL) --dataset MUTAG --data-root ../shared/data/tudataset --stub-missing
+	$(PY) experiments/graphmae_official_check/compare_official.py --official $(OFFICIAL) --dataset Cora --data-root ../shared/data/planetoid --stub-missing
+	$(PY) experiments/graphmae_official_check/compare_official.py --official $(OFFICIAL) --dataset CiteSeer --data-root ../shared/data/planetoid --stub-missing
 
 record-slurm-sweep: install
 	bash .ci/slurm_up.sh
