@@ -168,7 +168,8 @@ def main() -> None:
         grad_diff = max(float((p.grad - ours_params[official_to_ours(k)].grad).abs().max())
                         for k, p in official.named_parameters() if not OFFICIAL_ONLY.search(k))
 
-        official.eval(), ours.eval()
+        official.eval()
+        ours.eval()
         with torch.no_grad():
             emb_official = official.embed(batch.x, official_edges)
             if s["pooling"]:
