@@ -148,8 +148,8 @@ def test_positions_are_interpolated_for_other_clip_sizes() -> None:
 def test_config_errors_name_valid_values() -> None:
     with pytest.raises(ConfigError, match="valid"):
         small_model(patch_size=5)
-    with pytest.raises(ConfigError, match="tubelet_size"):
-        small_model(num_frames=5)
+    with pytest.raises(ConfigError, match=r"tubelet_size=4 does not divide data.num_frames=6; valid: \[1, 2, 3, 6\]"):
+        small_model(num_frames=6, tubelet_size=4)
     with pytest.raises(ConfigError, match="mean"):
         small_model(embed_pool="cls")
 

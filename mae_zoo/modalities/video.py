@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 
-from mae_zoo.core.errors import ConfigError, check_patch_size
+from mae_zoo.core.errors import ConfigError, check_patch_size, divisors
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.objectives import masked_mean
 from mae_zoo.core.types import Layout, MAEOutput, Tokens
@@ -240,7 +240,7 @@ class VideoMAE(MaskedAutoencoder):
         check_patch_size(patch_size, img_size, "frame size")
         if num_frames % tubelet_size:
             raise ConfigError(f"model.tubelet_size={tubelet_size} does not divide data.num_frames={num_frames}; "
-                              f"valid: {[d for d in range(1, num_frames + 1) if num_frames % d == 0]}")
+                              f"valid: {divisors(num_frames)}")
         if embed_pool != "mean":
             raise ConfigError(f"VideoMAE has no cls token: embed_pool must be 'mean', got '{embed_pool}'")
         self.patch_size, self.tubelet_size, self.in_chans = patch_size, tubelet_size, in_chans
