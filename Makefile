@@ -4,11 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
+.PHONY: install lint format train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
 
 help:
 	@echo "make train   - install, then pre-train an image MAE on the embedded shapes dataset (a few CPU minutes)"
-	@echo "make test    - install, then run the test suite (what .ci/run runs)"
+	@echo "make test    - install, then run the test suite (what .ci/run runs, after make lint)"
+	@echo "make lint    - ruff (lint, import order, format check) and mypy"
+	@echo "make format  - ruff: fix what it can (imports too), then format"
 	@echo "make smoke   - a few training steps through the CLI"
 	@echo "make bench   - step-time benchmarks (bench/)"
 	@echo "make record-fashion-mnist - the experiments/mae_fashion_mnist record run (about 25 min)"
@@ -26,6 +28,15 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 train: install
 	$(PY) -m mae_zoo.train experiment=mae_shapes $(ARGS)

@@ -23,7 +23,7 @@ from mae_zoo.weights.hf_vitmae import hf_config_from_imagemae, load_imagemae_int
 def build(batch: int, device: str):
     torch.manual_seed(0)
     ours = ImageMAE({"embed_dim": 768, "depth": 12, "num_heads": 12}, {"embed_dim": 512, "depth": 8, "num_heads": 16},
-                    {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, {"blr": 1.5e-4, "weight_decay": 0.05},
+                    mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim={"blr": 1.5e-4, "weight_decay": 0.05},
                     img_size=224, patch_size=16).to(device)
     from transformers import ViTMAEForPreTraining
 

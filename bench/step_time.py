@@ -67,7 +67,6 @@ def build_ours(cfg: dict[str, Any], seed: int = 0) -> torch.nn.Module:
         img_size=cfg["img_size"],
         in_chans=cfg["in_chans"],
         patch_size=cfg["patch_size"],
-        norm_pix_loss=True,
     )
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import warnings
@@ -15,11 +14,7 @@ import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-
-
-def _import(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+from mae_zoo.utils.instantiate import import_object
 
 
 @dataclass
@@ -116,8 +111,7 @@ def load(
 
 
 def _load_mae_zoo(checkpoint: Mapping[str, Any], strict: bool) -> MaskedAutoencoder:
-    cls = _import(checkpoint["mae_zoo"]["class"])
-    model = cls(**checkpoint["hyper_parameters"])
+    model = import_object(checkpoint["mae_zoo"]["class"]).from_hparams(checkpoint["hyper_parameters"])
     model.load_state_dict(checkpoint["state_dict"], strict=strict)
     return model
 
@@ -184,7 +178,7 @@ def _load_hf_video_dir(path: Path, norm_pix_loss: bool | None, **heads: int | No
     kwargs = videomae_kwargs_from_hf_config(hf.config)
     choices = ["mask=tube 0.9 (HF stores no mask generator)", "pixel mean/std = ImageNet (HF's hard-coded values)"]
     if norm_pix_loss is not None:
-        kwargs["norm_pix_loss"] = bool(norm_pix_loss)
+        kwargs["objective"]["norm_pix_loss"] = bool(norm_pix_loss)
         choices.append(f"norm_pix_loss={bool(norm_pix_loss)} (given; config.json says {hf.config.norm_pix_loss})")
     model = VideoMAE(optim=dict(DEFAULT_OPTIM), pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225], **kwargs)
     load_hf_into_videomae(model, hf.state_dict())
@@ -230,7 +224,7 @@ def _load_hf_dir(
             raise ConfigError(f"{arg}={value} contradicts {path}/config.json ({kwargs[stack]['num_heads']})")
     choices = []
     if norm_pix_loss is not None:
-        kwargs["norm_pix_loss"] = bool(norm_pix_loss)
+        kwargs["objective"]["norm_pix_loss"] = bool(norm_pix_loss)
         choices.append(f"norm_pix_loss={bool(norm_pix_loss)} (given; config.json says {hf.config.norm_pix_loss})")
     model = ImageMAE(optim=dict(DEFAULT_OPTIM), **kwargs)
     load_hf_into_imagemae(model, hf.state_dict())

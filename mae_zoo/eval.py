@@ -12,7 +12,6 @@ An evaluator is one module in ``mae_zoo/evaluation/`` plus ``conf/eval/<name>.ya
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from pathlib import Path
@@ -27,17 +26,11 @@ from omegaconf.errors import MissingMandatoryValue
 from mae_zoo.api import load
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.evaluation.base import LimitedDataModule
+from mae_zoo.data.base import MAEDataModule
+from mae_zoo.evaluation.base import Evaluator, LimitedDataModule
 from mae_zoo.utils.console import print_config_tree
-from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
+from mae_zoo.utils.instantiate import CONF_DIR, config_errors_surface, import_object, instantiate_checked
 from mae_zoo.utils.runtime import write_metrics, write_run_records
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-def _import(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def eval_options() -> list[str]:
@@ -60,17 +53,17 @@ def load_for_eval(ckpt: str, init: str = "pretrained") -> tuple[MaskedAutoencode
     if init == "pretrained":
         model = load(ckpt)
     else:
-        model = _import(meta["class"])(**checkpoint["hyper_parameters"]).eval()
+        model = import_object(meta["class"]).from_hparams(checkpoint["hyper_parameters"]).eval()
     return model, checkpoint
 
 
-def build_datamodule(cfg: DictConfig, checkpoint: dict[str, Any], model: MaskedAutoencoder) -> Any:
+def build_datamodule(cfg: DictConfig, checkpoint: dict[str, Any], model: MaskedAutoencoder) -> MAEDataModule:
     """``data=<option>`` (a node with ``_target_``) wins; otherwise the checkpoint's own data, with
     ``data`` keys without a target (``debug=smoke``) and then ``data_overrides`` applied on top."""
     data = cfg.get("data")
     if data is not None and "_target_" in data:
         return instantiate_checked(data, _convert_="all")
-    cls_path = checkpoint.get("mae_zoo", {}).get("datamodule") or getattr(model, "datamodule_class", None)
+    cls_path = checkpoint.get("mae_zoo", {}).get("datamodule") or model.datamodule_class
     hparams = checkpoint.get("datamodule_hyper_parameters")
     if cls_path is None or hparams is None:
         raise ConfigError("the checkpoint does not record its data; pass data=<option> (e.g. data=fashion_mnist)")
@@ -79,17 +72,18 @@ def build_datamodule(cfg: DictConfig, checkpoint: dict[str, Any], model: MaskedA
         if node:
             overrides.update(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
     try:
-        return _import(cls_path)(**{**hparams, **overrides})
+        return import_object(cls_path)(**{**hparams, **overrides})
     except TypeError as err:
         raise ConfigError(f"data override not understood by {cls_path.rsplit('.', 1)[-1]}: {err}") from None
 
 
-def apply_limits(cfg: DictConfig, evaluator: Any, datamodule: Any) -> Any:
+def apply_limits(cfg: DictConfig, evaluator: Evaluator,
+                 datamodule: MAEDataModule) -> MAEDataModule | LimitedDataModule:
     """``trainer.max_epochs`` caps an evaluator's ``epochs``; ``trainer.limit_{train,val}_batches``
     cap the batches of every loader the datamodule gives (``debug=smoke`` sets all three)."""
     limits = cfg.get("trainer") or {}
     max_epochs = limits.get("max_epochs")
-    if max_epochs is not None and max_epochs > 0 and isinstance(getattr(evaluator, "epochs", None), int):
+    if max_epochs is not None and max_epochs > 0 and evaluator.epochs is not None:
         evaluator.epochs = min(evaluator.epochs, int(max_epochs))
     train_limit, val_limit = limits.get("limit_train_batches"), limits.get("limit_val_batches")
     if train_limit is None and val_limit is None:
@@ -108,13 +102,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     evaluator = instantiate_checked(cfg.eval, _convert_="all")
+    if not isinstance(evaluator, Evaluator):
+        raise ConfigError(f"eval._target_ must build an mae_zoo Evaluator, got {type(evaluator).__name__}")
     model, checkpoint = load_for_eval(cfg.ckpt, cfg.init)
     with config_errors_surface():
         datamodule = apply_limits(cfg, evaluator, build_datamodule(cfg, checkpoint, model))
+        evaluator.check(model, datamodule)
     write_run_records(cfg, run_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg)
-    name = getattr(evaluator, "name", "eval")
+    name = evaluator.name
     metrics = dict(evaluator(model, datamodule, run_dir))
     metrics[f"eval_{name}/wall_s"] = round(time.time() - start, 2)
     metrics[f"eval_{name}/init"] = cfg.init

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.results import record_result
 from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
@@ -88,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.get("print_config", True):
                 print_config_tree(cfg)
         final_eval = instantiate_checked(cfg.final_eval, _convert_="all") if cfg.get("final_eval") else None
-        if final_eval is not None and hasattr(final_eval, "check"):
+        if final_eval is not None:
             with config_errors_surface():  # a protocol that does not fit the data fails now, not after training
                 final_eval.check(module, datamodule)
         ckpt_path = find_resume_checkpoint(cfg.get("resume", "auto"), run_dir)
@@ -99,7 +100,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["trainer/global_step"] = int(metrics.get("trainer/global_step", trainer.global_step))
         metrics["trainer/epoch"] = int(metrics.get("trainer/epoch", trainer.current_epoch))
         metrics.update({"trainer/precision": str(trainer.precision), "time/fit_wall_s": round(time.time() - start, 2)})
-        if hasattr(datamodule, "num_skipped"):
+        if isinstance(datamodule, MAEDataModule):
             metrics["data/skipped_files"] = datamodule.num_skipped
         if final_eval is not None and trainer.is_global_zero:
             metrics.update(final_eval(module, datamodule, run_dir))

@@ -2,8 +2,8 @@
 import numpy as np
 import torch
 
-from mae_zoo.core.objectives import MaskedMSE, normalize_per_token
-from mae_zoo.core.pos_embed import sincos_2d
+from mae_zoo.objectives import MaskedMSE, normalize_per_token
+from mae_zoo.nets.pos_embed import sincos_2d
 from mae_zoo.modalities.image import patchify, unpatchify
 
 

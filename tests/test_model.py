@@ -16,7 +16,7 @@ OPTIM = {"blr": 1.5e-4, "weight_decay": 0.05}
 
 def small_mae(mask=None, **kw):
     torch.manual_seed(0)
-    return ImageMAE(ENC, DEC, mask or {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, OPTIM,
+    return ImageMAE(ENC, DEC, mask=mask or {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim=OPTIM,
                     img_size=32, patch_size=4, **kw).eval()
 
 

@@ -12,8 +12,9 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from mae_zoo.core.pos_embed import sincos_2d  # noqa: E402
+from mae_zoo.nets.pos_embed import sincos_2d  # noqa: E402
 from mae_zoo.masks import RandomMask  # noqa: E402
+from mae_zoo.objectives import MaskedMSE  # noqa: E402
 from mae_zoo.modalities.image import ImageMAE, patchify  # noqa: E402
 from mae_zoo.weights.hf_vitmae import (  # noqa: E402
     StateDictMismatchError,
@@ -39,7 +40,7 @@ def make_ours(norm_pix_loss: bool, seed: int = 0) -> ImageMAE:
     torch.manual_seed(seed)
     model = ImageMAE(
         encoder=dict(ENCODER), decoder=dict(DECODER), mask=dict(MASK), optim=dict(OPTIM),
-        img_size=IMG, in_chans=CHANS, patch_size=PATCH, norm_pix_loss=norm_pix_loss,
+        img_size=IMG, in_chans=CHANS, patch_size=PATCH, objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss),
     )
     perturb_trainable(model, seed)
     return model.eval()
@@ -128,7 +129,7 @@ def test_hf_to_ours_same_loss(norm_pix_loss: bool) -> None:
     perturb_trainable(hf, seed=3)
 
     kwargs = imagemae_kwargs_from_hf_config(config)
-    assert kwargs["mask"] == MASK and kwargs["norm_pix_loss"] == norm_pix_loss
+    assert kwargs["mask"] == MASK and kwargs["objective"] == MaskedMSE.spec(norm_pix_loss=norm_pix_loss)
     ours = ImageMAE(optim=dict(OPTIM), **kwargs).eval()
     load_hf_into_imagemae(ours, hf.state_dict())
     compare(ours, hf, seed=4)

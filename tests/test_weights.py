@@ -26,6 +26,7 @@ import mae_zoo
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.masks import RandomMask
 from mae_zoo.modalities.image import ImageMAE
+from mae_zoo.objectives import MaskedMSE
 from mae_zoo.weights.hf_vitmae import StateDictMismatchError, export_hf
 from mae_zoo.weights.official_mae import infer_architecture, mae_zoo_to_official
 from mae_zoo.weights.timm_export import export_timm, timm_spec
@@ -50,7 +51,7 @@ def perturb(module: torch.nn.Module, seed: int) -> None:
 def make_model(seed: int = 0, norm_pix_loss: bool = True, **overrides) -> ImageMAE:
     torch.manual_seed(seed)
     kwargs = dict(encoder=dict(ENC), decoder=dict(DEC), mask=dict(MASK), optim=dict(OPTIM), img_size=IMG,
-                  in_chans=CHANS, patch_size=PATCH, norm_pix_loss=norm_pix_loss)
+                  in_chans=CHANS, patch_size=PATCH, objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss))
     model = ImageMAE(**{**kwargs, **overrides})
     perturb(model, seed)
     return model.eval()

@@ -106,6 +106,7 @@ def main() -> None:
     from torch_geometric.utils import add_self_loops, remove_self_loops
 
     from mae_zoo.modalities.graph import GraphMAE
+    from mae_zoo.objectives import ScaledCosineError
 
     s = SETTINGS[args.dataset]
     graphs = load_graphs(args.dataset, args.data_root)
@@ -124,7 +125,8 @@ def main() -> None:
         torch.manual_seed(seed)
         official = official_edcoder.PreModel(**official_kwargs)
         ours = GraphMAE(encoder=encoder, decoder=s["decoder"], mask=mask_cfg, optim={"name": "adam", "lr": 1e-3,
-                        "weight_decay": 0.0}, in_dim=in_dim, alpha=s["alpha"], pooling=s["pooling"], seed=seed)
+                        "weight_decay": 0.0}, in_dim=in_dim,
+                        objective=ScaledCosineError.spec(alpha=s["alpha"]), pooling=s["pooling"], seed=seed)
         state = {official_to_ours(k): v for k, v in official.state_dict().items() if not OFFICIAL_ONLY.search(k)}
         ours.load_state_dict(state, strict=True)  # every tensor mapped, none left over
         if s["pooling"]:

@@ -33,7 +33,6 @@ see sharded weights: the probe switches itself off there, with a warning.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
 
@@ -41,6 +40,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from mae_zoo.data.base import MAEDataModule
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,7 @@ class OnlineLinearProbe(pl.Callback):
     @staticmethod
     def _labels(pl_module: pl.LightningModule, batch: Any) -> torch.Tensor | None:
         """Integer class labels of the batch (1-D), or None when it carries none usable."""
-        getter = getattr(pl_module, "batch_labels", None)
-        labels = getter(batch) if getter is not None else None
+        labels = pl_module.batch_labels(batch)
         if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
             return None
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.numel() == 0:
@@ -125,9 +125,7 @@ class OnlineLinearProbe(pl.Callback):
         modes = [(m, m.training) for m in pl_module.modules()]
         pl_module.eval()
         try:
-            plugin = getattr(trainer.strategy, "precision_plugin", None)
-            context = plugin.forward_context() if plugin is not None else contextlib.nullcontext()
-            with context:
+            with trainer.precision_plugin.forward_context():  # the autocast the training step runs under
                 feats = pl_module.embed(batch)
         finally:
             for module, mode in modes:
@@ -138,7 +136,8 @@ class OnlineLinearProbe(pl.Callback):
         needed = high + 1
         if self.num_classes is not None:
             return int(self.num_classes)
-        declared = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        datamodule = trainer.datamodule  # None when fit() was given bare loaders
+        declared = datamodule.num_classes if isinstance(datamodule, MAEDataModule) else None
         if isinstance(declared, int) and declared > 0:
             return max(declared, needed)
         return needed

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from lightning_fabric.utilities.apply_func import move_data_to_device
+from lightning_fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
@@ -13,21 +13,18 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_warn
 from torchvision.utils import make_grid, save_image
 
+from mae_zoo.core.module import MaskedAutoencoder
+
 
 def _take(batch: Any, n: int) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch[:n].detach().cpu()
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_take(x, n) for x in batch)
-    if isinstance(batch, dict):
-        return {k: _take(v, n) for k, v in batch.items()}
-    return batch
+    """The first ``n`` samples of a batch, kept on the CPU."""
+    return apply_to_collection(batch, torch.Tensor, lambda x: x[:n].detach().cpu())
 
 
 class ReconstructionPictures(pl.Callback):
     """After every ``every_n_epochs`` validation epochs and at the end of training, draw the first
-    ``num_samples`` validation samples under a fixed mask. Needs ``pl_module.visualize(batch, generator)``
-    returning (rows, N, C, H, W) in [0, 1]."""
+    ``num_samples`` validation samples under a fixed mask, from ``pl_module.visualize(batch, generator)``
+    ((rows, N, C, H, W) in [0, 1]); nothing for a modality whose ``visualize`` returns None."""
 
     def __init__(self, dirpath: str, num_samples: int = 8, every_n_epochs: int = 1, seed: int = 0,
                  min_size: int = 96) -> None:
@@ -63,7 +60,7 @@ class ReconstructionPictures(pl.Callback):
                 rank_zero_warn("reconstruction pictures are not drawn under FSDP (parameters are sharded)")
                 self.warned = True
             return None
-        if not trainer.is_global_zero or self.batch is None or not hasattr(pl_module, "visualize"):
+        if not trainer.is_global_zero or self.batch is None or not isinstance(pl_module, MaskedAutoencoder):
             return None
         was_training = pl_module.training
         pl_module.eval()
@@ -71,6 +68,8 @@ class ReconstructionPictures(pl.Callback):
         with torch.no_grad(), trainer.precision_plugin.forward_context():  # same autocast as training
             views = pl_module.visualize(batch, torch.Generator().manual_seed(self.seed))
         pl_module.train(was_training)
+        if views is None:  # a modality without pictures (graphs, sequences)
+            return None
         rows, n = views.shape[:2]
         images = views.flatten(0, 1).float().cpu()
         factor = max(1, -(-self.min_size // images.shape[-1]))

@@ -1,11 +1,14 @@
-"""``MaskedAutoencoder``: the one LightningModule that runs tokenize -> mask -> encode -> decode -> objective.
+"""``MaskedAutoencoder``: the one LightningModule that runs tokenize -> mask -> encode -> decode ->
+target -> objective.
 
-A modality subclasses it and brings ``tokenize``, ``encoder``, ``decoder``, ``objective`` and
-``embed``; optimisation, mask seeding, logging and checkpoint metadata live here.
+A modality subclasses it and brings ``tokenize``, ``encoder`` and ``decoder`` (and overrides the
+other steps only where it differs); masks, objective and teacher come from config; optimisation,
+mask seeding, logging and checkpoint metadata live here.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import hydra.utils
@@ -14,9 +17,13 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
+from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
-from mae_zoo.core.types import Layout, MAEOutput, Tokens
+from mae_zoo.data.base import MAEDataModule
+from mae_zoo.core.types import Decoded, Encoded, Layout, MAEOutput, Masks, Tokens
 from mae_zoo.masks.base import MaskGenerator
+from mae_zoo.objectives.base import Objective
+from mae_zoo.teachers.base import Teacher
 
 _STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3, "visual": 4}
 
@@ -32,37 +39,120 @@ def mask_seed(seed: int, rank: int, stage: str, step: int, micro: int = 0) -> in
 
 
 class MaskedAutoencoder(pl.LightningModule):
-    """Shared base. Subclasses set ``self.encoder``, ``self.decoder``, ``self.objective``,
-    ``self.layout`` and implement ``tokenize`` and ``embed``.
+    """The shared base. A modality sets ``self.encoder`` and ``self.decoder``, calls
+    :meth:`set_layout`, and defines :meth:`tokenize`; every other step has a default here.
 
-    ``encoder(inputs, mask)`` may drop hidden tokens (ViT) or substitute them (graph [MASK]);
-    ``decoder(encoded)`` returns per-token predictions; ``objective(pred, target, mask)`` returns
-    ``(loss, normalised_target)``.
+    The hooks a modality may override, each with its default below: :meth:`tokenize` (required),
+    :meth:`encode`, :meth:`decode`, :meth:`target`, :meth:`embed`, :meth:`embed_tokens`,
+    :meth:`visualize`, :meth:`default_objective`. Class attributes a modality may set:
+    ``datamodule_class``, ``embed_pools`` and ``embed_pool``.
+
+    Config entries every modality shares (``module.*``, see ``conf/train.yaml``): ``mask`` (the
+    encoder mask), ``decoder_mask`` (which positions the decoder predicts; None: the scored ones),
+    ``objective`` (``conf/objective``; None: the modality's default), ``teacher`` (``conf/teacher``;
+    None: the target is the tokenizer's), ``optim`` and ``seed``.
     """
 
     datamodule_class: str | None = None  # the DataModule this modality trains on, for evaluation
+    embed_pools: tuple[str, ...] = ()  # the pooling choices of embed(): cls needs a prefix row
+    embed_pool: str | None = None  # None: this modality has no pooling choice (graph: its own)
     encoder: nn.Module
     decoder: nn.Module
-    objective: nn.Module
     layout: Layout
 
-    def __init__(self, mask: dict, optim: dict, seed: int = 0) -> None:
+    def __init__(
+        self,
+        mask: dict,
+        optim: dict,
+        decoder_mask: dict | None = None,
+        objective: dict | None = None,
+        teacher: dict | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         # Every __init__ argument of the subclass chain is a plain container, so checkpoints hold
         # only primitives and load with torch.load(weights_only=True).
         self.save_hyperparameters()
         self.mask_generator: MaskGenerator = hydra.utils.instantiate(mask)
+        # An empty node (conf/decoder_mask/none.yaml) means none: the decoder predicts the scored positions.
+        self.decoder_mask_generator: MaskGenerator | None = hydra.utils.instantiate(decoder_mask) if decoder_mask else None
+        self.objective: Objective = hydra.utils.instantiate(objective or self.default_objective(self.hparams))
+        if not isinstance(self.objective, Objective):
+            raise ConfigError(f"objective must build an mae_zoo.objectives.Objective, got {type(self.objective).__name__}")
+        self.teacher: Teacher | None = None
+        if teacher:  # conf/teacher/none.yaml is an empty node
+            self.teacher = hydra.utils.instantiate(teacher).requires_grad_(False)
         self.optim_cfg = dict(optim)
         self.seed = int(seed)
+        self.schedule_info: dict[str, Any] = {}
+
+    def set_layout(self, layout: Layout) -> None:
+        """Record the token layout and fail at start-up when a configured mask does not fit it."""
+        self.layout = layout
+        self.mask_generator.check(layout)
+        if self.decoder_mask_generator is not None:
+            self.decoder_mask_generator.check(layout)
+            if not self.decoder_mask_generator.enabled:  # e.g. running cell at ratio 0: VideoMAE V1
+                self.decoder_mask_generator = None
+
+    def check_embed_pool(self, pool: str) -> str:
+        if pool not in self.embed_pools:
+            raise ConfigError(f"embed_pool must be one of {list(self.embed_pools)} for {type(self).__name__}, got '{pool}'")
+        return pool
 
     # ----------------------------------------------------------------------------- modality hooks
     def tokenize(self, batch: Any) -> Tokens:
         """Token inputs, reconstruction targets and layout of a batch (each modality defines it)."""
         raise NotImplementedError(f"{type(self).__name__} must define tokenize(batch)")
 
+    @classmethod
+    def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
+        """The objective spec used when ``objective`` is None (the modality's paper default), from the
+        model's hyperparameters."""
+        raise ConfigError(f"{cls.__name__} has no default objective: give module.objective (conf/objective)")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> MaskedAutoencoder:
+        """Rebuild from a checkpoint's ``hyper_parameters``. Checkpoints written before objectives came
+        from config kept ``norm_pix_loss`` / ``alpha`` on the module; they become the objective's."""
+        hp = dict(hparams)
+        legacy = {key: hp.pop(key) for key in ("norm_pix_loss", "alpha") if key in hp}
+        if legacy and not hp.get("objective"):
+            hp["objective"] = {**cls.default_objective(hp), **legacy}
+        return cls(**hp)
+
+    def encode(self, tokens: Tokens, mask: torch.Tensor | None, generator: torch.Generator | None = None,
+               keep: Sequence[int] = ()) -> Encoded:
+        """Encoder step. ``mask`` None: every token, unmasked (features for evaluation). Token-dropping
+        encoders need only inputs and mask; a modality whose encoder needs more of the layout (a
+        graph's edges, a video's grid) or random numbers of its own overrides this."""
+        return self.encoder(tokens.inputs, mask, keep=keep)
+
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Sequence[int] = ()) -> Decoded:
+        """Decoder step: per-position predictions (B, L, Q) at (at least) ``masks.predict``."""
+        return self.decoder(encoded, keep=keep)
+
+    def target(self, batch: Any, tokens: Tokens, masks: Masks) -> torch.Tensor:
+        """What the objective compares predictions with, (B, L, Q): the teacher's features when a
+        teacher is configured, else the tokenizer's target."""
+        if self.teacher is not None:
+            with torch.no_grad():
+                return self.teacher(batch, tokens)
+        return tokens.target
+
     def embed(self, batch: Any) -> torch.Tensor:
-        """Features of the unmasked input, (B, D), for probes and retrieval (each modality defines it)."""
-        raise NotImplementedError(f"{type(self).__name__} must define embed(batch)")
+        """Features of the unmasked input, (B, D), for probes and retrieval: the cls row or the mean
+        of the token rows of the encoder output, as ``embed_pool`` says."""
+        encoded = self.encode(self.tokenize(batch), None)
+        return encoded.latent[:, 0] if self.embed_pool == "cls" else encoded.tokens.mean(dim=1)
+
+    def embed_tokens(self, batch: Any) -> torch.Tensor:
+        """Per-token features of the unmasked input, (B, L, D), prefix rows excluded (token-level probes)."""
+        return self.encode(self.tokenize(batch), None).tokens
+
+    def visualize(self, batch: Any, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Reconstruction pictures, (rows, N, C, H, W) in [0, 1], or None where the data has no picture."""
+        return None
 
     @staticmethod
     def batch_inputs(batch: Any) -> Any:
@@ -82,34 +172,58 @@ class MaskedAutoencoder(pl.LightningModule):
         return None
 
     # ----------------------------------------------------------------------------- the data path
-    def forward(self, batch: Any, mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> MAEOutput:
+    def forward(
+        self,
+        batch: Any,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        decoder_mask: torch.Tensor | None = None,
+        keep: Sequence[int] = (),
+        keep_decoder: Sequence[int] = (),
+    ) -> MAEOutput:
+        """One masked step. ``mask`` (B, L) True = hidden from the encoder; ``decoder_mask`` (B, L)
+        True = not predicted by the decoder (VideoMAE V2); either is drawn from its generator when
+        not given. ``keep``/``keep_decoder``: encoder/decoder blocks whose hidden states to return."""
         tokens = self.tokenize(batch)
-        batch_size = tokens.inputs.shape[0]
+        masks = self.masks(tokens, mask, decoder_mask, generator)
+        encoded = self.encode(tokens, masks.hidden, generator, keep)
+        decoded = self.decode(encoded, tokens, masks, keep_decoder)
+        loss, target = self.objective(decoded.pred, self.target(batch, tokens, masks), masks.score)
+        return MAEOutput(loss=loss, pred=decoded.pred, mask=masks.hidden, target=target, predicted=masks.predict,
+                         scored=masks.score, encoder_hidden=encoded.intermediates, decoder_hidden=decoded.intermediates)
+
+    def masks(self, tokens: Tokens, mask: torch.Tensor | None = None, decoder_mask: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> Masks:
+        """The hidden, predicted and scored positions of a step (given masks are checked, missing ones drawn)."""
+        shape = tokens.inputs.shape[:2]
         if mask is None:
-            mask = self.mask_generator(tokens.layout, batch_size, generator)
+            mask = self.mask_generator(tokens.layout, shape[0], generator)
         mask = mask.to(device=tokens.inputs.device, dtype=torch.bool)
-        if mask.shape != tokens.inputs.shape[:2]:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.inputs.shape[:2])}")
-        encoded = self.encode(tokens, mask, generator)
-        pred = self.decode(encoded, tokens, mask)
-        loss, target = self.objective(pred, tokens.target, mask)
-        return MAEOutput(loss=loss, pred=pred, mask=mask, target=target)
+        if decoder_mask is None and self.decoder_mask_generator is not None:
+            decoder_mask = self.decoder_mask_generator(tokens.layout, shape[0], generator)
+        predict = None if decoder_mask is None else ~decoder_mask.to(device=mask.device, dtype=torch.bool)
+        for name, m in (("mask", mask), ("decoder_mask", predict)):
+            if m is not None and m.shape != shape:
+                raise ValueError(f"{name} shape {tuple(m.shape)} does not match tokens {tuple(shape)}")
+        return Masks.build(mask, self.objective.positions, predict)
 
-    def encode(self, tokens: Tokens, mask: torch.Tensor, generator: torch.Generator | None = None) -> Any:
-        """Encoder step. Token-dropping encoders need only inputs and mask; a modality whose encoder
-        needs more of the layout (a graph's edges) or random numbers of its own overrides this."""
-        return self.encoder(tokens.inputs, mask)
-
-    def decode(self, encoded: Any, tokens: Tokens, mask: torch.Tensor) -> torch.Tensor:
-        """Decoder step: per-token predictions (B, L, Q)."""
-        return self.decoder(encoded)
+    def forward_intermediates(self, batch: Any, keep: Sequence[int], mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Hidden states of encoder blocks ``keep`` (negative: from the last) for the tokens the encoder
+        processed: all of them with ``mask`` None, the visible ones (plus prefix rows) otherwise.
+        What teachers, feature targets and probes read; one method for every transformer modality."""
+        tokens = self.tokenize(batch)
+        if mask is not None:
+            mask = mask.to(device=tokens.inputs.device, dtype=torch.bool)
+        return self.encode(tokens, mask, keep=keep).intermediates
 
     def mask_rng(self, stage: str, step: int, micro: int = 0) -> torch.Generator:
         """A generator seeded by (seed, global rank, stage, step, micro-batch): ranks differ, runs repeat."""
         return torch.Generator().manual_seed(mask_seed(self.seed, self.global_rank, stage, step, micro))
 
     # ----------------------------------------------------------------------------- Lightning steps
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every file of the batch was unreadable (the datamodule counted them): skip the step
+            return None
         micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
         out = self(batch, generator=self.mask_rng("train", self.global_step, micro))
         # The check syncs with the device, so it runs only on steps that are logged anyway.
@@ -123,6 +237,8 @@ class MaskedAutoencoder(pl.LightningModule):
         return out.loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is None:
+            return
         # The same masks every epoch, so val/loss curves compare like with like.
         out = self(batch, generator=self.mask_rng("val", batch_idx))
         self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=out.mask.shape[0])
@@ -130,8 +246,9 @@ class MaskedAutoencoder(pl.LightningModule):
     # ----------------------------------------------------------------------------- optimisation
     def effective_batch_size(self) -> int:
         trainer = self.trainer
-        per_device = getattr(trainer.datamodule, "batch_size", None) if trainer.datamodule is not None else None
-        if per_device is None:
+        datamodule = trainer.datamodule
+        per_device = datamodule.batch_size if isinstance(datamodule, MAEDataModule) else None
+        if per_device is None:  # a plain LightningDataModule or bare loaders: ask the loader
             per_device = trainer.train_dataloader.batch_size  # type: ignore[union-attr]
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
@@ -157,7 +274,7 @@ class MaskedAutoencoder(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_fit_start(self) -> None:
-        info = getattr(self, "schedule_info", None)
+        info = self.schedule_info
         if info and self.trainer.is_global_zero:
             self.print(
                 f"optim: lr={info['lr']:.3g} (effective batch {info['effective_batch']}), "
@@ -167,7 +284,7 @@ class MaskedAutoencoder(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         cls = type(self)
         meta = {"class": f"{cls.__module__}.{cls.__qualname__}", "layout": self.layout.name}
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None:  # lets evaluation rebuild the same data from the checkpoint alone
             dm_cls = type(datamodule)
             meta["datamodule"] = f"{dm_cls.__module__}.{dm_cls.__qualname__}"

@@ -14,13 +14,13 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.utils import degree, remove_self_loops, add_self_loops, stochastic_blockmodel_graph, to_undirected
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.data.base import MAEDataModule
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +80,16 @@ def check_raw_root(root: str | None, name: str, download: bool, kind: str) -> No
                           "or set data.download=true")
 
 
-class GraphDataModule(pl.LightningDataModule):
+class GraphDataModule(MAEDataModule):
     """Shared loaders. Subclasses implement ``load()`` returning the list of graphs and the number of classes."""
 
     task: str = "node"
+    """``node``: one graph, node labels (node_linear); ``graph``: a set of graphs, graph labels (graph_svm)."""
 
     def __init__(self, batch_size: int = 1, num_workers: int = 0) -> None:
-        super().__init__()
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        super().__init__(int(batch_size), int(num_workers))
         self._graphs: list[Data] | None = None
-        self.num_classes: int | None = None
+        self._num_classes: int | None = None
 
     def load(self) -> tuple[list[Data], int]:
         """The graphs and the number of classes; each dataset family implements it."""
@@ -98,8 +97,13 @@ class GraphDataModule(pl.LightningDataModule):
 
     def graphs(self) -> list[Data]:
         if self._graphs is None:
-            self._graphs, self.num_classes = self.load()
+            self._graphs, self._num_classes = self.load()
         return self._graphs
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes of the node or graph labels; None until the graphs are loaded."""
+        return self._num_classes
 
     @property
     def num_features(self) -> int:

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
 from typing import Any, Callable
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import datasets as tvd
 from torchvision.transforms import InterpolationMode, v2
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.data.base import MAEDataModule, count_skipped
 from mae_zoo.data.shapes import make_shapes
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class TensorImages(Dataset):
 class SkippingImageFolder(tvd.ImageFolder):
     """ImageFolder that returns None for an unreadable file (dropped by the collate) and counts it."""
 
-    def __init__(self, root: str, transform: Callable, skipped: Any) -> None:
+    def __init__(self, root: str, transform: Callable, skipped: Synchronized | None) -> None:
         super().__init__(root, transform=transform)
         self.skipped = skipped
 
@@ -52,8 +52,7 @@ class SkippingImageFolder(tvd.ImageFolder):
         try:
             return super().__getitem__(i)
         except Exception as err:  # corrupt or truncated file: skip it, never fail the run
-            with self.skipped.get_lock():
-                self.skipped.value += 1
+            count_skipped(self.skipped)
             log.warning("skipping unreadable image %s: %s", self.samples[i][0], err)
             return None
 
@@ -65,7 +64,7 @@ def collate_skipping_none(items: Sequence[Any]) -> Any:
     return default_collate(kept)
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(MAEDataModule):
     """Train/val image loaders with MAE's pre-training augmentation (RandomResizedCrop + flip)."""
 
     def __init__(
@@ -86,7 +85,7 @@ class ImageDataModule(pl.LightningDataModule):
         shapes_seed: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset='{dataset}' is unknown; valid: {list(DATASETS)}")
         if dataset != "shapes":
@@ -105,10 +104,6 @@ class ImageDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.root, self.download = dataset, root, download
         self.image_size, self.num_channels = image_size, num_channels
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.skipped: Any = None  # shared counter of unreadable files, made in setup() (after any spawn)
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     # ------------------------------------------------------------------------------- transforms
     def _channels(self) -> v2.Transform:
@@ -150,7 +145,7 @@ class ImageDataModule(pl.LightningDataModule):
         split = os.path.join(self.root, "train" if train else "val")  # type: ignore[arg-type]
         if not os.path.isdir(split):
             raise ConfigError(f"image_folder needs {split}/<class>/<image> (data.root={self.root})")
-        return SkippingImageFolder(split, transform, self.skipped)
+        return SkippingImageFolder(split, transform, self.skip_counter())
 
     @property
     def num_classes(self) -> int | None:
@@ -161,13 +156,8 @@ class ImageDataModule(pl.LightningDataModule):
             return len(self.train_set.classes) if self.train_set is not None else None  # type: ignore[attr-defined]
         return 10
 
-    @property
-    def num_skipped(self) -> int:
-        return int(self.skipped.value) if self.skipped is not None else 0
-
     def setup(self, stage: str | None = None) -> None:
-        if self.skipped is None:
-            self.skipped = multiprocessing.Value("i", 0)
+        self.skip_counter()
         if self.train_set is None:
             self.train_set = self.build(True, self.train_transform())
             self.val_set = self.build(False, self.eval_transform())

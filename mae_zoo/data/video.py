@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import csv
 import logging
-import multiprocessing
 import os
 from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.data.base import MAEDataModule, count_skipped
 from mae_zoo.data.moving_shapes import DIRECTIONS, make_moving_shapes
 from mae_zoo.data.video_io import UnreadableVideo, clip_indices, decode_frames, probe
 
@@ -124,7 +124,7 @@ class VideoFiles(Dataset):
         sampling_rate: int,
         short_side: int | None,
         num_sample: int,
-        skipped: Any,
+        skipped: Synchronized | None,
     ) -> None:
         self.samples, self.transform = samples, transform
         self.num_frames, self.sampling_rate, self.short_side = num_frames, sampling_rate, short_side
@@ -145,9 +145,7 @@ class VideoFiles(Dataset):
             indices = clip_indices(info.num_frames, self.num_frames, self.sampling_rate, rng if self.transform.train else None)
             frames = decode_frames(path, indices, info.output_size(self.short_side))
         except UnreadableVideo as err:  # corrupt or truncated: skip it, never fail the run
-            if self.skipped is not None:
-                with self.skipped.get_lock():
-                    self.skipped.value += 1
+            count_skipped(self.skipped)
             log.warning("skipping unreadable video: %s", err)
             return None
         # Repeated sampling: the frames are decoded once, each copy gets its own crop.
@@ -205,7 +203,7 @@ def read_list(list_file: Path, root: Path | None) -> list[tuple[str, int]]:
 
 
 # ----------------------------------------------------------------------------------- datamodule
-class VideoDataModule(pl.LightningDataModule):
+class VideoDataModule(MAEDataModule):
     """Train/val clip loaders for VideoMAE pre-training and probing."""
 
     def __init__(
@@ -232,7 +230,7 @@ class VideoDataModule(pl.LightningDataModule):
         extensions: Sequence[str] = VIDEO_EXTENSIONS,
         pin_memory: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset='{dataset}' is unknown; valid: {list(DATASETS)}")
         if dataset == "folder" and not (root and os.path.isdir(root)):
@@ -250,12 +248,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.dataset, self.root = dataset, root
         self.num_frames, self.image_size, self.num_channels = num_frames, image_size, num_channels
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.skipped: Any = None
         self._samples: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])
         self.classes: list[str] = list(DIRECTIONS) if dataset == "moving_shapes" else []
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     def transform(self, train: bool) -> ClipTransform:
         hp = self.hparams
@@ -290,19 +284,14 @@ class VideoDataModule(pl.LightningDataModule):
         if not samples:
             raise ConfigError(f"no {'training' if train_split else 'validation'} videos found (data.root={self.root})")
         return VideoFiles(samples, self.transform(augment), self.num_frames, hp.sampling_rate, hp.short_side,
-                          num_sample, self.skipped)
+                          num_sample, self.skip_counter())
 
     @property
     def num_classes(self) -> int | None:
         return len(self.classes) if self.classes else None
 
-    @property
-    def num_skipped(self) -> int:
-        return int(self.skipped.value) if self.skipped is not None else 0
-
     def setup(self, stage: str | None = None) -> None:
-        if self.skipped is None:
-            self.skipped = multiprocessing.Value("i", 0)
+        self.skip_counter()
         if self.train_set is None:
             if self.dataset != "moving_shapes":
                 self._samples = self.file_samples()

@@ -5,40 +5,50 @@ Accuracies are in percent (0-100), as in the MAE paper and logs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import contextlib
 import hashlib
 import itertools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.utils.runtime import resolve_precision
 
 FEATURES = ("embed", "pixels")
 
 
 class Evaluator(ABC):
-    """``name`` prefixes every metric: ``eval_<name>/top1`` etc.
+    """The protocol :func:`mae_zoo.eval.evaluate` and ``train``'s final evaluation run.
 
-    Conventions that :func:`mae_zoo.eval.evaluate` relies on (all optional): an evaluator that trains
-    for a number of epochs keeps it in ``self.epochs`` (``debug=smoke`` caps it through
-    ``trainer.max_epochs``); batch limits reach every evaluator through the datamodule it is given
-    (:class:`LimitedDataModule`), so an evaluator needs no code of its own for them.
+    Batch limits reach every evaluator through the datamodule it is given (:class:`LimitedDataModule`),
+    so an evaluator needs no code of its own for them.
     """
 
     name: str = "eval"
+    """Prefixes every metric: ``eval_<name>/top1`` etc."""
+
+    epochs: int | None = None
+    """Epochs the evaluator trains for; None when it trains nothing. ``debug=smoke`` caps it through
+    ``trainer.max_epochs`` (:func:`mae_zoo.eval.apply_limits`)."""
+
+    def check(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule) -> None:
+        """Raise ConfigError when this protocol cannot run on this model and data. ``train`` calls it
+        before pre-training and ``evaluate`` before evaluating, so a mismatch fails in seconds rather
+        than after the run. Default: nothing to check."""
 
     @abstractmethod
-    def __call__(self, model: MaskedAutoencoder, datamodule: Any, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, Any]:
         """Evaluate ``model`` on ``datamodule``; return metrics keyed ``eval_<name>/<metric>``."""
 
 
@@ -71,8 +81,9 @@ def extract_features(model: MaskedAutoencoder, loader: DataLoader, device: torch
     return torch.cat(feats), torch.cat(labels)
 
 
-def split_features(model: MaskedAutoencoder, datamodule: Any, device: torch.device | str = "cpu",
-                   precision: str = "32-true", features: str = "embed", batch_size: int | None = None,
+def split_features(model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                   device: torch.device | str = "cpu", precision: str = "32-true", features: str = "embed",
+                   batch_size: int | None = None,
                    cache_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and val (features, labels) from ``datamodule.feature_dataloaders``.
 
@@ -88,8 +99,8 @@ def split_features(model: MaskedAutoencoder, datamodule: Any, device: torch.devi
             for name, tensor in sorted(model.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            digest.update(f"{type(model).__qualname__}|{getattr(model, 'embed_pool', None)}|{precision}".encode())
-        hparams = dict(getattr(datamodule, "hparams", {}) or {})
+            digest.update(f"{type(model).__qualname__}|{model.embed_pool}|{precision}".encode())
+        hparams = dict(datamodule.hparams)
         hparams.pop("num_workers", None), hparams.pop("batch_size", None), hparams.pop("pin_memory", None)
         digest.update(f"{features}|{sorted(hparams.items())}|{len(train_loader)}|{len(val_loader)}|{batch_size}".encode())
         path = Path(cache_dir) / f"features_{features}_{digest.hexdigest()[:16]}.pt"
@@ -119,7 +130,8 @@ class FrozenFeatures:
     num_classes: int
 
 
-def frozen_features(evaluator: Any, model: MaskedAutoencoder, datamodule: Any) -> FrozenFeatures:
+def frozen_features(evaluator: Any, model: MaskedAutoencoder,
+                    datamodule: MAEDataModule | LimitedDataModule) -> FrozenFeatures:
     """Device, precision, pooling, (cached) train/val features and class count from an evaluator's
     ``device, precision, pool, features, feature_batch_size, feature_cache, num_classes`` settings."""
     device = resolve_device(evaluator.device)
@@ -142,7 +154,7 @@ def set_pool(model: MaskedAutoencoder, pool: str | None) -> None:
     """Override the model's ``embed_pool`` (cls | mean) where the modality has one; None keeps it."""
     if pool is None:
         return
-    if not hasattr(model, "embed_pool"):
+    if model.embed_pool is None:
         raise ConfigError(f"pool={pool} was asked for, but {type(model).__name__} has no embed_pool setting")
     if pool not in ("cls", "mean"):
         raise ConfigError(f"pool must be 'cls', 'mean' or null (the model's own), got '{pool}'")
@@ -165,12 +177,13 @@ def accuracy_metrics(prefix: str, logits: torch.Tensor, labels: torch.Tensor, nu
     return {f"{prefix}/top{k}": 100.0 * c / n for k, c in zip(ks, correct)}
 
 
-def num_classes_of(datamodule: Any, labels: torch.Tensor | None = None) -> int:
-    """The datamodule's ``num_classes`` if it has one, else its train set's targets/labels, else the labels seen."""
-    n = getattr(datamodule, "num_classes", None)
-    if n:
-        return int(n)
-    dataset = getattr(datamodule, "train_set", None)
+def num_classes_of(datamodule: MAEDataModule | LimitedDataModule, labels: torch.Tensor | None = None) -> int:
+    """The datamodule's ``num_classes`` if it knows it, else its train set's targets/labels, else the labels seen."""
+    if datamodule.num_classes:
+        return int(datamodule.num_classes)
+    dataset = datamodule.train_set
+    # Datasets are torchvision's and ours, with no common base: ``targets`` (ImageFolder, MNIST,
+    # VideoFiles) or ``labels`` (TensorImages) where the dataset keeps them, else nothing.
     for attr in ("targets", "labels"):
         values = getattr(dataset, attr, None)
         if values is not None and len(values):
@@ -217,16 +230,8 @@ def cpu_threads(num: int, device: torch.device | str = "cpu") -> Iterator[None]:
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(x, device) for x in batch)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-_to = to_device  # the name the entry-point skeleton used
+    """``batch`` (tensors in tuples, lists, dicts, dataclasses, ...) on ``device``, as Lightning moves it."""
+    return move_data_to_device(batch, device)
 
 
 # --------------------------------------------------------------------------------------- limits
@@ -259,7 +264,7 @@ class LimitedDataModule:
     """A datamodule whose loaders stop after ``limit_train_batches`` / ``limit_val_batches``
     (``debug=smoke``), for every evaluator alike; everything else is the wrapped datamodule's."""
 
-    def __init__(self, datamodule: Any, limit_train_batches: int | float | None = None,
+    def __init__(self, datamodule: MAEDataModule, limit_train_batches: int | float | None = None,
                  limit_val_batches: int | float | None = None) -> None:
         self.datamodule = datamodule
         self.limit_train_batches = limit_train_batches

@@ -2,10 +2,11 @@
 average pool of the patch tokens (cls excluded) + ``fc_norm``, head init trunc-normal std 2e-5,
 AdamW, linear warmup then half-cosine per step to ``min_lr``, label smoothing.
 
-It works on any modality whose ``encoder`` is a ViT stack (``blocks``, ``num_prefix``, returns
-``.latent``) fed with ``model.tokenize(batch).inputs``: the image MAE today, the other ViT-based
-modalities as they come. For other encoders it falls back to ``model.embed`` + head, trained with
-one LR (no layer decay or drop path), and says so in the metrics (``eval_finetune/mode``).
+It works on any modality whose ``encoder`` is a ViT stack (a ``TransformerStack``: ``blocks``,
+``norm``, ``num_prefix``, returns ``.latent``) fed with ``model.tokenize(batch).inputs``: the image
+MAE today, the other ViT-based modalities as they come. For other encoders it falls back to
+``model.embed`` + head, trained with one LR (no layer decay or drop path), and says so in the
+metrics (``eval_finetune/mode``).
 
 Deviations from MAE, for a CPU budget: no RandAugment/mixup/cutmix/random erasing; the train loader
 is the datamodule's own augmented one (RandomResizedCrop as in pre-training, flip as configured).
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.optim import NO_DECAY_NAMES, WarmupCosine
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
     Evaluator,
+    LimitedDataModule,
     accuracy_metrics,
     autocast,
     num_classes_of,
@@ -34,6 +37,7 @@ from mae_zoo.evaluation.base import (
     resolve_eval_precision,
     to_device,
 )
+from mae_zoo.nets.vit import TransformerStack
 
 EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "dist_token", "reg_token", "mask_token")
 
@@ -71,10 +75,9 @@ def set_drop_path(blocks: nn.ModuleList, drop_path: float) -> None:
     from timm.layers import DropPath
 
     rates = torch.linspace(0, drop_path, len(blocks)).tolist() if len(blocks) else []
-    for block, rate in zip(blocks, rates):
-        for attr in ("drop_path1", "drop_path2", "drop_path"):
-            if hasattr(block, attr):
-                setattr(block, attr, DropPath(rate) if rate > 0 else nn.Identity())
+    for block, rate in zip(blocks, rates):  # timm Blocks: one drop path after attention, one after the MLP
+        block.drop_path1 = DropPath(rate) if rate > 0 else nn.Identity()
+        block.drop_path2 = DropPath(rate) if rate > 0 else nn.Identity()
 
 
 class ViTClassifier(nn.Module):
@@ -90,7 +93,7 @@ class ViTClassifier(nn.Module):
         self.tokenize = model.tokenize  # a bound method: tokenizers hold no parameters
         self.encoder = copy.deepcopy(model.encoder)
         self.depth = len(self.encoder.blocks)
-        self.num_prefix = int(getattr(self.encoder, "num_prefix", 0))
+        self.num_prefix = int(self.encoder.num_prefix)
         if not global_pool and self.num_prefix == 0:
             raise ConfigError("global_pool=false needs a cls token, and this encoder has none")
         self.global_pool = global_pool
@@ -118,9 +121,7 @@ class EmbedClassifier(nn.Module):
     def __init__(self, model: MaskedAutoencoder, num_classes: int, dim: int, head_init_std: float = 2e-5) -> None:
         super().__init__()
         self.model = copy.deepcopy(model)
-        for name in ("decoder",):
-            if hasattr(self.model, name):
-                setattr(self.model, name, nn.Identity())
+        self.model.decoder = nn.Identity()  # embed never decodes: no parameters to train or hold
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
@@ -128,10 +129,6 @@ class EmbedClassifier(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.head(self.model.embed(batch))
-
-
-def is_vit_stack(encoder: Any) -> bool:
-    return hasattr(encoder, "blocks") and isinstance(getattr(encoder, "norm", None), nn.LayerNorm)
 
 
 class FineTune(Evaluator):
@@ -158,7 +155,7 @@ class FineTune(Evaluator):
 
     def build(self, model: MaskedAutoencoder, num_classes: int, sample: Any) -> tuple[nn.Module, list[dict], str]:
         """The classifier, its optimizer groups and the mode ('vit' or 'embed')."""
-        if is_vit_stack(getattr(model, "encoder", None)):
+        if isinstance(model.encoder, TransformerStack):
             net = ViTClassifier(model, num_classes, self.drop_path, self.global_pool)
             return net, layer_decay_param_groups(net, self.weight_decay, self.layer_decay, net.depth), "vit"
         with torch.no_grad():
@@ -166,7 +163,8 @@ class FineTune(Evaluator):
         net = EmbedClassifier(model, num_classes, dim)
         return net, layer_decay_param_groups(net, self.weight_decay, 1.0, 0), "embed"
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, Any]:
         device = resolve_device(self.device)
         precision = resolve_eval_precision(self.precision, device)
         datamodule.setup("fit")

@@ -19,22 +19,23 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from torch_geometric.data import Data
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.evaluation.base import Evaluator
-from mae_zoo.modalities.graph import POOLINGS
+from mae_zoo.data.base import MAEDataModule
+from mae_zoo.data.graph import GraphDataModule
+from mae_zoo.evaluation.base import Evaluator, LimitedDataModule
+from mae_zoo.modalities.graph import POOLINGS, GraphMAE
 
 GRAPH_FEATURES = ("embed", "input")
 
 
-def _unwrap(datamodule: Any) -> Any:
-    return getattr(datamodule, "datamodule", datamodule)
-
-
-def require_task(datamodule: Any, task: str) -> Any:
+def require_task(datamodule: MAEDataModule | LimitedDataModule, task: str) -> GraphDataModule:
     """The (unwrapped) datamodule if it serves ``task`` graphs, else a ConfigError naming the right protocol."""
-    dm = _unwrap(datamodule)
-    if getattr(dm, "task", None) != task:
+    # The wrapper is no GraphDataModule; its batch limits do not apply here anyway (these protocols
+    # read graphs() and eval_dataloader(), not the limited train/val loaders).
+    dm = datamodule.datamodule if isinstance(datamodule, LimitedDataModule) else datamodule
+    if not isinstance(dm, GraphDataModule) or dm.task != task:
         hint = {"node": "eval=node_linear needs node-level graph data (data=sbm|planetoid); for graph "
                         "classification use eval=graph_svm (eval@final_eval=graph_svm when training)",
                 "graph": "eval=graph_svm needs graph-level data (data=tu); for node tasks use eval=node_linear"}
@@ -43,13 +44,14 @@ def require_task(datamodule: Any, task: str) -> Any:
 
 
 @torch.no_grad()
-def node_embeddings(model: Any, datamodule: Any, features: str = "embed") -> tuple[Any, torch.Tensor]:
+def node_embeddings(model: Any, datamodule: MAEDataModule | LimitedDataModule,
+                    features: str = "embed") -> tuple[Data, torch.Tensor]:
     """The full graph and its (N, D) node features: the encoder on the clean graph in eval mode
     (official ``model.embed``), or the input features themselves (``input``: the no-learning baseline)."""
     if features not in GRAPH_FEATURES:
         raise ConfigError(f"eval.features must be one of {list(GRAPH_FEATURES)}, got '{features}'")
     data = require_task(datamodule, "node").graphs()[0]
-    if not hasattr(data, "train_mask"):
+    if "train_mask" not in data:
         raise ConfigError("the graph has no train/val/test masks for the node probe")
     if features == "input":
         return data, data.x.float()
@@ -71,10 +73,11 @@ class NodeLinearProbe(Evaluator):
         self.lr, self.weight_decay, self.epochs = float(lr), float(weight_decay), int(epochs)
         self.features, self.seed = features, int(seed)
 
-    def check(self, model: Any, datamodule: Any) -> None:
+    def check(self, model: Any, datamodule: MAEDataModule | LimitedDataModule) -> None:
         require_task(datamodule, "node")
 
-    def __call__(self, model: Any, datamodule: Any, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, float]:
         data, x = node_embeddings(model, datamodule, self.features)
         return self.probe(x, data.y, data.train_mask, data.val_mask, data.test_mask)
 
@@ -109,7 +112,7 @@ class NodeLinearProbe(Evaluator):
 
 
 @torch.no_grad()
-def graph_embeddings(model: Any, datamodule: Any, batch_size: int | None = None,
+def graph_embeddings(model: Any, datamodule: MAEDataModule | LimitedDataModule, batch_size: int | None = None,
                      features: str = "embed") -> tuple[np.ndarray, np.ndarray]:
     """(G, D) pooled embeddings and (G,) labels of every graph, in dataset order; ``features="input"``
     pools the input node features instead (the no-learning baseline)."""
@@ -153,12 +156,13 @@ class GraphSVM(Evaluator):
         self.folds, self.c_grid, self.features = int(folds), tuple(float(c) for c in c_grid), features
         self.fold_seed, self.svc_seed, self.batch_size = int(fold_seed), int(svc_seed), batch_size
 
-    def check(self, model: Any, datamodule: Any) -> None:
+    def check(self, model: Any, datamodule: MAEDataModule | LimitedDataModule) -> None:
         require_task(datamodule, "graph")
-        if getattr(model, "pooling", None) is None:
+        if not isinstance(model, GraphMAE) or model.pooling is None:
             raise ConfigError("eval=graph_svm needs pooled embeddings: set module.pooling to mean, max or sum")
 
-    def __call__(self, model: Any, datamodule: Any, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, float]:
         self.check(model, datamodule)
         x, y = graph_embeddings(model, datamodule, self.batch_size, self.features)
         mean, std = svm_cross_validation(x, y, self.folds, self.c_grid, self.fold_seed, self.svc_seed)

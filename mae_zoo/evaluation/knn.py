@@ -19,9 +19,11 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
-    frozen_features,
     Evaluator,
+    LimitedDataModule,
+    frozen_features,
     check_features,
     topk_correct,
 )
@@ -114,7 +116,8 @@ class KNNEvaluator(Evaluator):
         self.device, self.precision, self.num_classes = device, precision, num_classes
         KNNAccuracy(k=k, temperature=temperature)  # validates k and temperature at start-up
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: Any, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
@@ -124,7 +127,7 @@ class KNNEvaluator(Evaluator):
         result = {f"eval_knn/{key}": round(float(value), 4) for key, value in metric.compute().items()}
         result.update({
             "eval_knn/k": self.k, "eval_knn/temperature": self.temperature, "eval_knn/features": self.features,
-            "eval_knn/pool": getattr(model, "embed_pool", None) if self.features == "embed" else None,
+            "eval_knn/pool": model.embed_pool if self.features == "embed" else None,
             "eval_knn/feature_dim": int(train_x.shape[1]),
             "eval_knn/num_train": int(train_x.shape[0]), "eval_knn/num_val": int(val_x.shape[0]),
             "eval_knn/precision": precision,

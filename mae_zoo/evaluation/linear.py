@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.optim import WarmupCosine
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
-    frozen_features,
     Evaluator,
+    LimitedDataModule,
+    frozen_features,
     cpu_threads,
     check_features,
     accuracy_metrics,
@@ -164,7 +166,8 @@ class LinearProbe(Evaluator):
         self.feature_cache = feature_cache
         self.num_classes, self.seed = num_classes, seed
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: Any, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
@@ -176,7 +179,7 @@ class LinearProbe(Evaluator):
         )
         metrics.update({
             "eval_linear/features": self.features, "eval_linear/optimizer": self.optimizer,
-            "eval_linear/pool": getattr(model, "embed_pool", None) if self.features == "embed" else None,
+            "eval_linear/pool": model.embed_pool if self.features == "embed" else None,
             "eval_linear/epochs": self.epochs, "eval_linear/batch_size": min(self.batch_size, len(train_y)),
             "eval_linear/feature_dim": int(train_x.shape[1]),
             "eval_linear/num_train": int(train_x.shape[0]), "eval_linear/num_val": int(val_x.shape[0]),

@@ -17,9 +17,9 @@ token, a Bird-MAE config switch) is off by default. Not carried over (they are o
 removable in Bird-MAE's configs, or need a 2-D map): the 2x bilinear upsampling of the token map,
 per-frequency-row gates, subtractive margins, prototype pushing and pruning.
 
-Token features come from ``model.embed_tokens(batch)`` when a modality provides it, else from the
-modality's encoder on all tokens: ``model.encoder(model.tokenize(batch).inputs).latent`` without its
-``encoder.num_prefix`` leading (cls) rows. Positions are only ever reduced by a max, so any token
+Token features come from ``model.embed_tokens(batch)`` (every modality has it); with
+``focal_similarity`` from the modality's encoder on all tokens, ``model.encoder(model.tokenize(batch).inputs)``,
+whose ``num_prefix`` leading (cls) rows are dropped. Positions are only ever reduced by a max, so any token
 layout (image grid, spectrogram, video tubes, point groups) works. They are computed once with the
 frozen encoder and cached in memory (float16) when they fit ``cache_max_gb``, else recomputed each
 epoch. Accuracies are in percent, like the other evaluators.
@@ -38,8 +38,10 @@ import torch.nn.functional as F
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
     Evaluator,
+    LimitedDataModule,
     accuracy_metrics,
     autocast,
     num_classes_of,
@@ -153,20 +155,15 @@ class PrototypeHead(nn.Module):
 def token_features(model: MaskedAutoencoder, batch: Any, focal: bool = False) -> torch.Tensor:
     """(B, L, D) features of every token of the unmasked input from the frozen encoder.
 
-    Uses ``model.embed_tokens(batch)`` when the modality defines it; otherwise runs ``model.encoder``
-    on all tokens and drops its ``num_prefix`` leading (cls) rows. ``focal``: subtract the cls row
-    from every token (Bird-MAE's ``focal_similarity``); needs a cls token.
+    Without ``focal``: ``model.embed_tokens(batch)``. With it: every token minus the cls row
+    (Bird-MAE's ``focal_similarity``); ``embed_tokens`` drops that row, so the encoder runs here.
     """
-    if hasattr(model, "embed_tokens") and not focal:
-        return model.embed_tokens(batch)  # type: ignore[operator]
-    latent = model.encoder(model.tokenize(batch).inputs).latent
-    prefix = int(getattr(model.encoder, "num_prefix", 0))
-    tokens = latent[:, prefix:]
-    if focal:
-        if prefix == 0:
-            raise ConfigError("focal_similarity needs an encoder with a cls token (encoder.num_prefix > 0)")
-        tokens = tokens - latent[:, :1]
-    return tokens
+    if not focal:
+        return model.embed_tokens(batch)
+    encoded = model.encoder(model.tokenize(batch).inputs)
+    if encoded.num_prefix == 0:
+        raise ConfigError("focal_similarity needs an encoder with a cls token (encoder.num_prefix > 0)")
+    return encoded.latent[:, encoded.num_prefix:] - encoded.latent[:, :1]
 
 
 # ----------------------------------------------------------------------------------- the evaluator
@@ -266,7 +263,8 @@ class PrototypeEvaluator(Evaluator):
             yield self._tokens(model, batch, device, precision)
 
     # ------------------------------------------------------------------------------- run
-    def __call__(self, model: MaskedAutoencoder, datamodule: Any, run_dir: Path) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
+                 run_dir: Path) -> dict[str, Any]:
         start = time.time()
         device = resolve_device(self.device)
         precision = resolve_eval_precision(self.precision, device)

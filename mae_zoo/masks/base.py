@@ -47,6 +47,12 @@ class MaskGenerator(ABC):
     def name(self) -> str:
         return type(self).__name__
 
+    @property
+    def enabled(self) -> bool:
+        """False for a mask that is switched off by its parameters (a decoder mask at ratio 0): the
+        model then behaves as if none were configured."""
+        return True
+
     def supports(self, layout: Layout) -> bool:
         return any(fnmatch.fnmatchcase(layout.name, pattern) for pattern in self.layouts)
 

@@ -10,13 +10,10 @@ from mae_zoo.masks.base import MaskConfigError, MaskGenerator
 class NodeMask(MaskGenerator):
     """Hide ``int(ratio * N)`` uniformly random nodes of the (batched) graph.
 
-    ``corrupt`` then builds the encoder input as the official ``encoding_mask_noise``: of the ``M``
-    hidden nodes, ``int((1 - replace_rate) * M)`` are zeroed and get the learnable [MASK] vector added
-    ("token" nodes), the last ``int(replace_rate * M)`` take the features of random nodes ("noise"
-    nodes). Both counts are floored separately, so one or two hidden nodes may keep their own
-    features; they still count as hidden for re-masking and the loss, exactly as in the official code.
-    ``drop_edge_rate`` removes that fraction of edges from the encoder's graph (DropEdge); the decoder
-    always sees the full graph.
+    The mask only chooses nodes; GraphMAE corrupts the encoder's input with the two rates declared
+    here (``mae_zoo.nets.gnn.corrupt_nodes`` and ``drop_edges``): ``replace_rate`` of the hidden nodes
+    get random nodes' features instead of the [MASK] token, and ``drop_edge_rate`` of the edges are
+    removed from the encoder's graph (DropEdge; the decoder always sees the full graph).
     """
 
     layouts = ("graph",)
@@ -36,44 +33,12 @@ class NodeMask(MaskGenerator):
     def num_visible(self, num_tokens: int) -> int:
         return num_tokens - self.num_masked(num_tokens)
 
-    def split_counts(self, num_masked: int) -> tuple[int, int]:
-        """(token nodes, noise nodes) among ``num_masked`` hidden ones, with the official floors."""
-        if self.replace_rate <= 0:
-            return num_masked, 0
-        return int((1.0 - self.replace_rate) * num_masked), int(self.replace_rate * num_masked)
-
     def generate(self, layout: Layout, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         num_nodes = layout.num_tokens
         mask = torch.zeros(batch_size, num_nodes, dtype=torch.bool)
         for row in mask:
             row[torch.randperm(num_nodes, generator=generator)[: self.num_masked(num_nodes)]] = True
         return mask
-
-    def corrupt(self, x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder input for node features ``x`` (N, F) and hidden nodes ``mask`` (N,): returns the
-        corrupted features and the bool vector of token nodes (those that got [MASK])."""
-        masked = mask.nonzero().flatten()
-        num_tokens, num_noise = self.split_counts(masked.numel())
-        order = masked[torch.randperm(masked.numel(), generator=generator).to(x.device)]
-        token_nodes = order[:num_tokens]
-        out = x.clone()
-        out[token_nodes] = 0.0
-        if num_noise > 0:
-            noise_nodes = order[masked.numel() - num_noise:]
-            sources = torch.randperm(x.shape[0], generator=generator)[:num_noise].to(x.device)
-            out[noise_nodes] = x[sources]
-        out[token_nodes] = out[token_nodes] + mask_token.to(out.dtype)
-        is_token = torch.zeros_like(mask)
-        is_token[token_nodes] = True
-        return out, is_token
-
-    def drop_edges(self, edge_index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Keep each edge with probability ``1 - drop_edge_rate`` (the official ``drop_edge``)."""
-        if self.drop_edge_rate <= 0:
-            return edge_index
-        keep = torch.rand(edge_index.shape[1], generator=generator) >= self.drop_edge_rate
-        return edge_index[:, keep.to(edge_index.device)]
 
     def __repr__(self) -> str:
         return f"{self.name}(ratio={self.ratio}, replace_rate={self.replace_rate}, drop_edge_rate={self.drop_edge_rate})"

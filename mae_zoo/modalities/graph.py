@@ -7,6 +7,7 @@ rows zeroed) feeds a one-layer GNN decoder, and the loss is the scaled cosine er
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,11 +15,12 @@ import torch.nn as nn
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.core.gnn import GNN
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.core.objectives import ScaledCosineError
-from mae_zoo.core.types import Layout, Tokens
-from mae_zoo.masks.base import MaskLayoutError
+from mae_zoo.core.types import Decoded, Encoded, Layout, Masks, Tokens
+from mae_zoo.data.graph import GraphDataModule
+from mae_zoo.masks.node import NodeMask
+from mae_zoo.nets.gnn import GNN, corrupt_nodes, drop_edges
+from mae_zoo.objectives import ScaledCosineError
 
 POOLINGS = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 # Keys of the encoder config that the decoder inherits (the official code builds both from one set).
@@ -35,21 +37,25 @@ class GraphMAE(MaskedAutoencoder):
 
     datamodule_class = "mae_zoo.data.graph.SBMDataModule"
 
-    def __init__(self, encoder: dict, decoder: dict, mask: dict, optim: dict, in_dim: int | None = None,
-                 alpha: float = 2.0, pooling: str | None = None, seed: int = 0) -> None:
-        super().__init__(mask=mask, optim=optim, seed=seed)
-        self.layout = Layout("graph")
-        if not self.mask_generator.supports(self.layout):
-            raise MaskLayoutError(f"mask {self.mask_generator.name} does not fit graphs (layout 'graph')", self.layout)
+    def __init__(self, encoder: dict, decoder: dict, in_dim: int | None = None, pooling: str | None = None,
+                 **shared: Any) -> None:
+        super().__init__(**shared)
+        self.set_layout(Layout("graph"))
+        if not isinstance(self.mask_generator, NodeMask):  # a node mask declares the corruption rates
+            raise ConfigError(f"GraphMAE needs a node mask (mask=node or mask=edge), got {self.mask_generator.name}")
+        self.node_mask: NodeMask = self.mask_generator
         if pooling is not None and pooling not in POOLINGS:
             raise ConfigError(f"module.pooling must be null (node embeddings) or one of {list(POOLINGS)}, got '{pooling}'")
         if encoder.get("kind") not in ("gat", "gin") or decoder.get("kind") not in ("gat", "gin"):
             raise ConfigError("model.encoder.kind and model.decoder.kind must be 'gat' or 'gin'")
         self.pooling = pooling
-        self.objective = ScaledCosineError(alpha)
         self.in_dim: int | None = None
         if in_dim is not None:
             self._build(int(in_dim))
+
+    @classmethod
+    def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
+        return ScaledCosineError.spec(alpha=2.0)
 
     def _build(self, in_dim: int) -> None:
         enc, dec = dict(self.hparams["encoder"]), dict(self.hparams["decoder"])
@@ -70,10 +76,9 @@ class GraphMAE(MaskedAutoencoder):
         if self.in_dim is not None:
             return
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        num_features = getattr(datamodule, "num_features", None)
-        if num_features is None:
-            raise ConfigError("GraphMAE needs module.in_dim or a datamodule with num_features")
-        self._build(int(num_features))
+        if not isinstance(datamodule, GraphDataModule):
+            raise ConfigError("GraphMAE needs module.in_dim or a graph datamodule (its num_features)")
+        self._build(datamodule.num_features)
 
     @property
     def embed_dim(self) -> int:
@@ -89,24 +94,32 @@ class GraphMAE(MaskedAutoencoder):
         layout = Layout("graph", shape=(x.shape[0],), extra={"edge_index": batch.edge_index})
         return Tokens(inputs=x.unsqueeze(0), target=x.unsqueeze(0), layout=layout)
 
-    def encode(self, tokens: Tokens, mask: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        corrupted, _ = self.mask_generator.corrupt(tokens.inputs[0], mask[0], self.mask_token, generator)
-        edge_index = self.mask_generator.drop_edges(tokens.layout.extra["edge_index"], generator)
-        return self.encoder(corrupted, edge_index)
+    def encode(self, tokens: Tokens, mask: torch.Tensor | None, generator: torch.Generator | None = None,
+               keep: Sequence[int] = ()) -> Encoded:
+        """The encoder on the whole graph; with a mask, hidden nodes' features corrupted and DropEdge
+        applied (in the official draw order). ``keep``: GNN layers whose outputs to return."""
+        x, edge_index = tokens.inputs[0], tokens.layout.extra["edge_index"]
+        if mask is not None:
+            x, _ = corrupt_nodes(x, mask[0], self.mask_token, self.node_mask.replace_rate, generator)
+            edge_index = drop_edges(edge_index, self.node_mask.drop_edge_rate, generator)
+        latent, hidden = self.encoder.forward_layers(x, edge_index, keep)
+        return Encoded(latent, intermediates=hidden)
 
-    def decode(self, encoded: torch.Tensor, tokens: Tokens, mask: torch.Tensor) -> torch.Tensor:
-        rep = self.encoder_to_decoder(encoded).masked_fill(mask[0, :, None], 0.0)
-        return self.decoder(rep, tokens.layout.extra["edge_index"]).unsqueeze(0)
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Sequence[int] = ()) -> Decoded:
+        # Re-mask: the decoder must rebuild hidden nodes from their neighbours' codes alone.
+        rep = self.encoder_to_decoder(encoded.latent).masked_fill(masks.hidden[0, :, None], 0.0)
+        pred, hidden = self.decoder.forward_layers(rep, tokens.layout.extra["edge_index"], keep)
+        return Decoded(pred.unsqueeze(0), hidden)
 
     def embed_nodes(self, batch: Any) -> torch.Tensor:
         """Encoder output on the clean graph, (N, hidden): the official ``embed``."""
-        return self.encoder(batch.x.float(), batch.edge_index)
+        return self.encode(self.tokenize(batch), None).latent
 
     def embed(self, batch: Any) -> torch.Tensor:
         nodes = self.embed_nodes(batch)
         if self.pooling is None:
             return nodes
-        index = getattr(batch, "batch", None)
+        index = batch.batch  # None for a single graph
         if index is None:
             index = torch.zeros(nodes.shape[0], dtype=torch.long, device=nodes.device)
         return POOLINGS[self.pooling](nodes, index)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,13 @@ from mae_zoo.core.types import Layout
 from mae_zoo.masks.base import MaskLayoutError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def import_object(path: str) -> Any:
+    """The object a dotted ``module.name`` path names, as checkpoints record classes (``mae_zoo.class``,
+    ``mae_zoo.datamodule``) and configs their ``_target_``."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def find_config_error(err: BaseException | None) -> ConfigError | None:

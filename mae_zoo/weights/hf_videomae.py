@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from mae_zoo.objectives import TubeNormalizedMSE
 from mae_zoo.weights.hf_vitmae import StateDictMismatchError, _raise_unknown, load_state_dict_exact
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -228,7 +229,7 @@ def videomae_kwargs_from_hf_config(config: "VideoMAEConfig") -> dict[str, Any]:
     return {
         "num_frames": int(config.num_frames), "img_size": int(config.image_size), "in_chans": int(config.num_channels),
         "patch_size": int(config.patch_size), "tubelet_size": int(config.tubelet_size),
-        "norm_pix_loss": bool(config.norm_pix_loss),
+        "objective": TubeNormalizedMSE.spec(channels=int(config.num_channels), norm_pix_loss=bool(config.norm_pix_loss)),
         "encoder": stack(config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size),
         "decoder": stack(config.decoder_hidden_size, config.decoder_num_hidden_layers,
                          config.decoder_num_attention_heads, config.decoder_intermediate_size),

@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from mae_zoo.objectives import MaskedMSE
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; transformers is optional
     from transformers import ViTMAEConfig
 
@@ -284,7 +286,7 @@ def imagemae_kwargs_from_hf_config(config: "ViTMAEConfig") -> dict[str, Any]:
         "img_size": _square(config.image_size, "image_size"),
         "patch_size": _square(config.patch_size, "patch_size"),
         "in_chans": int(config.num_channels),
-        "norm_pix_loss": bool(config.norm_pix_loss),
+        "objective": MaskedMSE.spec(norm_pix_loss=bool(config.norm_pix_loss)),
         "encoder": {
             "embed_dim": int(config.hidden_size),
             "depth": int(config.num_hidden_layers),

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.objectives import MaskedMSE
 from mae_zoo.weights.hf_vitmae import StateDictMismatchError, load_state_dict_exact
 
 StateDict = dict[str, torch.Tensor]
@@ -331,7 +332,7 @@ def infer_architecture(
         "img_size": grid * patch,
         "patch_size": patch,
         "in_chans": in_chans,
-        "norm_pix_loss": npl,
+        "objective": MaskedMSE.spec(norm_pix_loss=npl),
         "encoder": encoder,
         "decoder": decoder,
         "mask": {"_target_": "mae_zoo.masks.RandomMask", "ratio": ratio},

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.objectives import TubeNormalizedMSE
 from mae_zoo.weights.hf_videomae import official_to_mae_zoo
 from mae_zoo.weights.hf_vitmae import load_state_dict_exact
 
@@ -93,7 +94,8 @@ def load_official_videomae(
         decoder=stack("decoder.blocks", dec_width, _heads(dec_width, decoder_num_heads, DECODER_HEADS, "decoder", choices)),
         mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": mask_ratio}, optim=dict(DEFAULT_OPTIM),
         decoder_mask=decoder_mask, num_frames=num_frames, img_size=img_size, in_chans=int(chans),
-        patch_size=int(patch), tubelet_size=int(tubelet), norm_pix_loss=norm_pix_loss,
+        patch_size=int(patch), tubelet_size=int(tubelet), 
+        objective=TubeNormalizedMSE.spec(channels=int(chans), norm_pix_loss=norm_pix_loss),
         pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225],
     )
     load_state_dict_exact(model, official_to_mae_zoo(state_dict))

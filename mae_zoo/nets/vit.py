@@ -6,13 +6,16 @@ Attribute names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
+
+from mae_zoo.core.types import Decoded, Encoded, Visible
 
 
 def layer_norm(eps: float = 1e-6) -> type[nn.LayerNorm]:
@@ -43,51 +46,11 @@ class PatchProjection(nn.Module):
         return F.linear(patches.to(weight.dtype), weight, self.proj.bias)
 
 
-@dataclass
-class Visible:
-    """Which tokens an encoder saw and how to put them back.
-
-    ``ids_keep`` (B, n): indices of the tokens fed to the encoder, visible ones first in position
-    order; ``padding`` (B, n) is True where a sample had fewer than n visible tokens and the slot
-    holds a hidden token that attention must ignore (None when all samples have n visible tokens);
-    ``ids_restore`` (B, L) undoes the ordering ``[kept..., the rest...]``.
-    """
-
-    ids_keep: torch.Tensor
-    ids_restore: torch.Tensor
-    padding: torch.Tensor | None
-
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "Visible":
-        visible_counts = (~mask).sum(dim=1)
-        n = int(visible_counts.max())
-        ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        padding = None
-        if int(visible_counts.min()) != n:
-            padding = torch.arange(n, device=mask.device)[None, :] >= visible_counts[:, None]
-        return cls(ids_shuffle[:, :n], ids_restore, padding)
-
-    def gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Select the kept rows of a (B, L, C) tensor."""
-        return torch.gather(x, 1, self.ids_keep[..., None].expand(-1, -1, x.shape[-1]))
-
-    def attn_mask(self, num_prefix: int) -> torch.Tensor | None:
-        """Boolean SDPA mask (True = attend) of shape (B, 1, 1, prefix + n), or None."""
-        if self.padding is None:
-            return None
-        prefix = self.padding.new_zeros(self.padding.shape[0], num_prefix)
-        return ~torch.cat([prefix, self.padding], dim=1)[:, None, None, :]
-
-
-@dataclass
-class Encoded:
-    latent: torch.Tensor  # (B, prefix + n, D), after the final norm
-    visible: Visible | None  # None when the encoder saw every token
-
-
 class TransformerStack(nn.Module):
-    """Plain pre-norm transformer blocks (timm ``Block``) with an optional final norm."""
+    """Plain pre-norm transformer blocks (timm ``Block``) and a final norm; the shared base of every
+    transformer encoder and decoder. ``num_prefix``: leading non-token rows (a cls token)."""
+
+    num_prefix: int = 0
 
     def __init__(
         self,
@@ -112,36 +75,46 @@ class TransformerStack(nn.Module):
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
-    def run_blocks(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        for block in self.blocks:
+    def block_indices(self, keep: Sequence[int]) -> set[int]:
+        """Block numbers from ``keep`` (negative counts from the last block), checked against the depth."""
+        depth = len(self.blocks)
+        out = set()
+        for i in keep:
+            if not -depth <= int(i) < depth:
+                raise ValueError(f"block index {i} is out of range for a stack of {depth} blocks")
+            out.add(int(i) % depth)
+        return out
+
+    def forward_blocks(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the blocks and the final norm; also return the output of each block in ``keep``
+        (before the final norm, in block order): the one way encoders and decoders hand out
+        intermediate features (timm's ``forward_intermediates``)."""
+        wanted = self.block_indices(keep) if keep else set()
+        hidden = []
+        for i, block in enumerate(self.blocks):
             x = block(x, attn_mask=attn_mask)
-        return self.norm(x)
+            if i in wanted:
+                hidden.append(x)
+        return self.norm(x), hidden
 
 
 class ViTEncoder(TransformerStack):
     """MAE encoder: embed the visible patches, add fixed positions, prepend cls, run the blocks."""
 
     def __init__(
-        self,
-        patch_embed: PatchProjection,
-        pos_table: torch.Tensor,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_path: float = 0.0,
-        norm_eps: float = 1e-6,
-        cls_token: bool = True,
+        self, patch_embed: PatchProjection, pos_table: torch.Tensor, embed_dim: int, cls_token: bool = True, **stack: Any
     ) -> None:
-        super().__init__(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_path, norm_eps)
+        """``stack``: the :class:`TransformerStack` sizes (depth, num_heads, mlp_ratio, ...)."""
+        super().__init__(embed_dim, **stack)
         self.patch_embed = patch_embed
         self.num_prefix = 1 if cls_token else 0
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
         # Fixed table, stored as a frozen Parameter (as the official code) so it is in the state dict.
         self.pos_embed = nn.Parameter(pos_table[None].clone(), requires_grad=False)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> Encoded:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, keep: Sequence[int] = ()) -> Encoded:
         pos = self.pos_embed[:, self.num_prefix :].expand(tokens.shape[0], -1, -1)
         visible = None
         if mask is not None:
@@ -152,7 +125,8 @@ class ViTEncoder(TransformerStack):
             cls = self.cls_token + self.pos_embed[:, :1]
             x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
         attn_mask = visible.attn_mask(self.num_prefix) if visible is not None else None
-        return Encoded(self.run_blocks(x, attn_mask), visible)
+        latent, hidden = self.forward_blocks(x, attn_mask, keep)
+        return Encoded(latent, visible, self.num_prefix, hidden)
 
 
 class MAEDecoder(TransformerStack):
@@ -166,19 +140,18 @@ class MAEDecoder(TransformerStack):
         embed_dim: int = 512,
         depth: int = 8,
         num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        norm_eps: float = 1e-6,
         num_prefix: int = 1,
+        **stack: Any,
     ) -> None:
-        super().__init__(embed_dim, depth, num_heads, mlp_ratio, qkv_bias, 0.0, norm_eps)
+        """``stack``: further :class:`TransformerStack` options (mlp_ratio, qkv_bias, norm_eps)."""
+        super().__init__(embed_dim, depth, num_heads, **stack)
         self.num_prefix = num_prefix
         self.decoder_embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_pos_embed = nn.Parameter(pos_table[None].clone(), requires_grad=False)
         self.decoder_pred = nn.Linear(embed_dim, out_dim)
 
-    def forward(self, encoded: Encoded) -> torch.Tensor:
+    def forward(self, encoded: Encoded, keep: Sequence[int] = ()) -> Decoded:
         """Predictions for every token, (B, L, out_dim); the prefix (cls) row is dropped."""
         x = self.decoder_embed(encoded.latent)
         prefix, tokens = x[:, : self.num_prefix], x[:, self.num_prefix :]
@@ -192,8 +165,8 @@ class MAEDecoder(TransformerStack):
             tokens = torch.cat([tokens, fill], dim=1)
             tokens = torch.gather(tokens, 1, visible.ids_restore[..., None].expand(-1, -1, tokens.shape[-1]))
         x = torch.cat([prefix, tokens], dim=1) + self.decoder_pos_embed
-        x = self.run_blocks(x)
-        return self.decoder_pred(x[:, self.num_prefix :])
+        x, hidden = self.forward_blocks(x, keep=keep)
+        return Decoded(self.decoder_pred(x[:, self.num_prefix :]), hidden)
 
 
 def init_linear_or_norm(m: nn.Module) -> None:

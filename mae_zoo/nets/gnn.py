@@ -7,6 +7,8 @@ last layer is linear. Initialisation follows the official GATConv (Xavier-normal
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 from torch_geometric.nn import GATConv, GINConv
@@ -132,6 +134,57 @@ class GNN(nn.Module):
                                         post=encoding and norm is not None, residual=last_res))
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
+        return self.forward_layers(x, edge_index)[0]
+
+    def forward_layers(self, x: torch.Tensor, edge_index: torch.Tensor,
+                       keep: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The output and the outputs of the layers in ``keep`` (negative: from the last)."""
+        depth = len(self.layers)
+        if any(not -depth <= int(i) < depth for i in keep):
+            raise ValueError(f"layer indices {list(keep)} are out of range for a GNN of {depth} layers")
+        wanted = {int(i) % depth for i in keep}
+        hidden = []
+        for i, layer in enumerate(self.layers):
             x = layer(x, edge_index)
-        return x
+            if i in wanted:
+                hidden.append(x)
+        return x, hidden
+
+
+def split_counts(num_masked: int, replace_rate: float) -> tuple[int, int]:
+    """(token nodes, noise nodes) among ``num_masked`` hidden ones, with the official floors."""
+    if replace_rate <= 0:
+        return num_masked, 0
+    return int((1.0 - replace_rate) * num_masked), int(replace_rate * num_masked)
+
+
+def corrupt_nodes(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor, replace_rate: float,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GraphMAE's encoder input (the official ``encoding_mask_noise``) for node features ``x`` (N, F)
+    and hidden nodes ``mask`` (N,): of the ``M`` hidden nodes, ``int((1 - replace_rate) * M)`` are
+    zeroed and get the learnable [MASK] vector added ("token" nodes), the last ``int(replace_rate * M)``
+    take the features of random nodes ("noise" nodes). Both counts are floored separately, so one or
+    two hidden nodes may keep their own features; they still count as hidden for re-masking and the
+    loss, exactly as in the official code. Returns the features and the bool vector of token nodes."""
+    masked = mask.nonzero().flatten()
+    num_tokens, num_noise = split_counts(masked.numel(), replace_rate)
+    order = masked[torch.randperm(masked.numel(), generator=generator).to(x.device)]
+    token_nodes = order[:num_tokens]
+    out = x.clone()
+    out[token_nodes] = 0.0
+    if num_noise > 0:
+        noise_nodes = order[masked.numel() - num_noise:]
+        sources = torch.randperm(x.shape[0], generator=generator)[:num_noise].to(x.device)
+        out[noise_nodes] = x[sources]
+    out[token_nodes] = out[token_nodes] + mask_token.to(out.dtype)
+    is_token = torch.zeros_like(mask)
+    is_token[token_nodes] = True
+    return out, is_token
+
+
+def drop_edges(edge_index: torch.Tensor, rate: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Keep each edge with probability ``1 - rate`` (the official ``drop_edge``; DropEdge)."""
+    if rate <= 0:
+        return edge_index
+    keep = torch.rand(edge_index.shape[1], generator=generator) >= rate
+    return edge_index[:, keep.to(edge_index.device)]
