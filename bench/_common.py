@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks in bench/: statistics, the matmul probe, environment info."""
+
 from __future__ import annotations
 
 import json
@@ -136,6 +137,8 @@ def warn_if_busy(threshold: float = 1.0) -> str | None:
     """A warning when the 1-minute load average says something else is using the CPU."""
     load1 = os.getloadavg()[0]
     if load1 > threshold:
-        return (f"WARNING: 1-min load average is {load1:.2f} before the benchmark started; "
-                "another process (or a benchmark that just ended) may be using the CPU; check the probe")
+        return (
+            f"WARNING: 1-min load average is {load1:.2f} before the benchmark started; "
+            "another process (or a benchmark that just ended) may be using the CPU; check the probe"
+        )
     return None

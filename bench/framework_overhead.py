@@ -27,6 +27,7 @@ once, not per block).
     python bench/framework_overhead.py --precision 32-true
     python bench/framework_overhead.py --variants lightning lightning_nobar bare -o logger=csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,12 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MatmulProbe, environment, summary, warn_if_busy, write_json  # noqa: E402
+import itertools
 
-from mae_zoo.core.optim import WarmupCosine, build_optimizer, param_groups, scaled_lr  # noqa: E402
-from mae_zoo.train import _instantiate, build  # noqa: E402
+from _common import MatmulProbe, environment, summary, warn_if_busy, write_json
+
+from mae_zoo.core.optim import WarmupCosine, build_optimizer, param_groups, scaled_lr
+from mae_zoo.train import _instantiate, build
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -60,7 +63,7 @@ BASE_OVERRIDES = [
     "model=vit_mini",
     "print_config=false",
     "logger=none",
-    "callbacks=none",            # no checkpoint/picture callbacks; Lightning's default TQDM bar stays
+    "callbacks=none",  # no checkpoint/picture callbacks; Lightning's default TQDM bar stays
     "data.num_workers=0",
     "trainer.max_epochs=1",
     "trainer.limit_val_batches=0",  # no validation inside the timed window
@@ -108,18 +111,20 @@ class StepTimer(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.fit_start = time.perf_counter()
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.starts.append(time.perf_counter())
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.ends.append(time.perf_counter())
 
 
 def gaps(ends: list[float], warmup: int) -> list[float]:
     """Step times from consecutive end stamps, dropping the first ``warmup`` steps."""
-    return [b - a for a, b in zip(ends[warmup - 1 :], ends[warmup:])] if warmup >= 1 else [
-        b - a for a, b in zip(ends, ends[1:])
-    ]
+    return (
+        [b - a for a, b in zip(ends[warmup - 1 :], ends[warmup:])]
+        if warmup >= 1
+        else [b - a for a, b in itertools.pairwise(ends)]
+    )
 
 
 class Bench:
@@ -127,7 +132,12 @@ class Bench:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="mae_zoo_bench_"))
         self.total_steps = args.warmup + args.steps
-        self.overrides = BASE_OVERRIDES + [f"trainer.precision={args.precision}", f"seed={args.seed}"] + list(args.override)
+        self.overrides = [
+            *BASE_OVERRIDES,
+            f"trainer.precision={args.precision}",
+            f"seed={args.seed}",
+            *list(args.override),
+        ]
         cfg = self.cfg("lightning", 0)
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))  # as mae_zoo.train.train does
         # One shared datamodule; its setup (dataset generation) runs once, here.
@@ -148,10 +158,11 @@ class Bench:
 
     def cfg(self, variant: str, block: int) -> DictConfig:
         extra = VARIANTS.get(variant, [])
-        return compose_cfg(self.overrides + extra + [f"trainer.max_steps={self.total_steps}"],
-                           self.tmp / f"{variant}_{block}")
+        return compose_cfg(
+            self.overrides + extra + [f"trainer.max_steps={self.total_steps}"], self.tmp / f"{variant}_{block}"
+        )
 
-    def autocast(self):  # noqa: ANN201
+    def autocast(self):
         if "bf16" in self.precision:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         if "16" in self.precision:
@@ -246,31 +257,46 @@ def markdown(result: dict[str, Any]) -> str:
     probe = result["probe"]
     lines += [
         "",
-        ("Per-step Lightning tax (median Lightning - median bare): "
-         + ", ".join(f"{n}: {(e['pooled']['median'] - bare['pooled']['median']) * 1e3:+.1f} ms"
-                     for n, e in v.items() if n != "bare")
-         + ".") if bare is not None else "",
+        (
+            "Per-step Lightning tax (median Lightning - median bare): "
+            + ", ".join(
+                f"{n}: {(e['pooled']['median'] - bare['pooled']['median']) * 1e3:+.1f} ms"
+                for n, e in v.items()
+                if n != "bare"
+            )
+            + "."
+        )
+        if bare is not None
+        else "",
         f"fp32 matmul probe ({probe['size']}^3, once per block): median {probe['median_gflops']:.0f} GFLOP/s, "
         f"min {probe['min_gflops']:.0f} (min/median {probe['min_over_median']:.2f}"
         f"{'' if probe['stable'] else ' - UNSTABLE, rerun'}).",
     ]
     for name, e in v.items():
         if "to_first_batch_s" in e:
-            lines.append(f"{name}: trainer.fit start-up to first batch {summary(e['to_first_batch_s'])['median']:.2f} s, "
-                         f"teardown after last batch {summary(e['after_last_batch_s'])['median']:.2f} s (median per block; "
-                         f"not in the step times).")
+            lines.append(
+                f"{name}: trainer.fit start-up to first batch {summary(e['to_first_batch_s'])['median']:.2f} s, "
+                f"teardown after last batch {summary(e['after_last_batch_s'])['median']:.2f} s (median per block; "
+                f"not in the step times)."
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--precision", default="auto", help="trainer.precision: auto (bf16-mixed on AVX512-BF16 CPUs), 32-true, bf16-mixed")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="trainer.precision: auto (bf16-mixed on AVX512-BF16 CPUs), 32-true, bf16-mixed",
+    )
     parser.add_argument("--variants", nargs="+", default=["lightning", "bare"], choices=[*VARIANTS, "bare"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per block")
     parser.add_argument("--warmup", type=int, default=3, help="steps dropped at the start of every block")
     parser.add_argument("--data", choices=["memory", "loader"], default="memory")
-    parser.add_argument("--distinct-batches", type=int, default=4, help="memory mode: real batches collected once and cycled")
+    parser.add_argument(
+        "--distinct-batches", type=int, default=4, help="memory mode: real batches collected once and cycled"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--override", action="append", default=[], help="extra Hydra override (repeatable)")
@@ -290,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     model_probe = _instantiate(bench.cfg0.module, _recursive_=False, _convert_="all")
     params = sum(p.numel() for p in model_probe.parameters()) / 1e6
     del model_probe
-    print(f"model {bench.cfg0.module._target_} {params:.2f} M params, batch {bench.batch_size}, "
-          f"precision {bench.precision}, data {args.data}, overrides {bench.overrides}", flush=True)
+    print(
+        f"model {bench.cfg0.module._target_} {params:.2f} M params, batch {bench.batch_size}, "
+        f"precision {bench.precision}, data {args.data}, overrides {bench.overrides}",
+        flush=True,
+    )
 
     probe = MatmulProbe()
     per: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
@@ -305,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             per[variant].append(out)
             msg.append(f"{variant} {summary(out['step_s'])['median']:.4f}")
             gf = probe()
-        print(f"round {r + 1}/{args.rounds}: median step s " + ", ".join(msg) + f" | probe {gf:.0f} GFLOP/s", flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: median step s " + ", ".join(msg) + f" | probe {gf:.0f} GFLOP/s", flush=True
+        )
     wall = time.perf_counter() - start
 
     variants: dict[str, Any] = {}
@@ -329,11 +360,15 @@ def main(argv: list[str] | None = None) -> int:
             if name == "bare":
                 continue
             entry["ratio_to_bare_pooled"] = entry["pooled"]["median"] / bare["pooled"]["median"]
-            entry["ratio_to_bare_rounds"] = summary([a / b for a, b in zip(entry["round_medians"], bare["round_medians"])])
+            entry["ratio_to_bare_rounds"] = summary(
+                [a / b for a, b in zip(entry["round_medians"], bare["round_medians"])]
+            )
             entry["tax_ms_per_step"] = (entry["pooled"]["median"] - bare["pooled"]["median"]) * 1e3
     result = {
         "benchmark": "framework_overhead",
-        "model": bench.cfg0.module._target_.rsplit(".", 1)[-1] + " " + str([o for o in bench.overrides if o.startswith("model=")]),
+        "model": bench.cfg0.module._target_.rsplit(".", 1)[-1]
+        + " "
+        + str([o for o in bench.overrides if o.startswith("model=")]),
         "params_M": params,
         "batch_size": bench.batch_size,
         "precision": bench.precision,

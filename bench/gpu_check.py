@@ -5,6 +5,7 @@ CUDA-synchronised wall time, median of the timed steps. Also reports the loss ag
 
     python bench/gpu_check.py --batch 64 --steps 30 --out bench/results/gpu_check.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,14 @@ from mae_zoo.weights.hf_vitmae import hf_config_from_imagemae, load_imagemae_int
 
 def build(batch: int, device: str):
     torch.manual_seed(0)
-    ours = ImageMAE({"embed_dim": 768, "depth": 12, "num_heads": 12}, {"embed_dim": 512, "depth": 8, "num_heads": 16},
-                    mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim={"blr": 1.5e-4, "weight_decay": 0.05},
-                    img_size=224, patch_size=16).to(device)
+    ours = ImageMAE(
+        {"embed_dim": 768, "depth": 12, "num_heads": 12},
+        {"embed_dim": 512, "depth": 8, "num_heads": 16},
+        mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75},
+        optim={"blr": 1.5e-4, "weight_decay": 0.05},
+        img_size=224,
+        patch_size=16,
+    ).to(device)
     from transformers import ViTMAEForPreTraining
 
     hf = ViTMAEForPreTraining(hf_config_from_imagemae(ours))
@@ -44,8 +50,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     ours, hf = build(args.batch, device)
-    opts = {name: torch.optim.AdamW(m.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
-            for name, m in (("mae_zoo", ours), ("hf", hf))}
+    opts = {
+        name: torch.optim.AdamW(m.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)
+        for name, m in (("mae_zoo", ours), ("hf", hf))
+    }
     x = torch.randn(args.batch, 3, 224, 224, device=device)
     L = 196
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch}
@@ -60,7 +68,11 @@ def main() -> None:
                 torch.cuda.synchronize()
                 t = time.perf_counter()
                 with torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
-                    loss = ours(x, mask=mask).loss if name == "mae_zoo" else hf(pixel_values=x, noise=noise.to(device)).loss
+                    loss = (
+                        ours(x, mask=mask).loss
+                        if name == "mae_zoo"
+                        else hf(pixel_values=x, noise=noise.to(device)).loss
+                    )
                 loss.backward()
                 opts[name].step()
                 opts[name].zero_grad(set_to_none=True)

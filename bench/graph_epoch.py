@@ -15,6 +15,7 @@ alternate (order rotated each round); each block drops its first ``--warmup`` ep
 
     python bench/graph_epoch.py --root ../shared/data/planetoid
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,9 @@ from omegaconf import open_dict
 from torch_geometric.nn import GATConv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MatmulProbe, environment, summary, warn_if_busy, write_json  # noqa: E402
+import itertools
+
+from _common import MatmulProbe, environment, summary, warn_if_busy, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,13 +54,15 @@ class PlainGraphMAE(nn.Module):
         self.dec = GATConv(hidden, in_dim, heads=1, dropout=0.1)
         self.token = nn.Parameter(torch.zeros(1, in_dim))
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, mask_rate: float = 0.5, replace: float = 0.05) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, edge_index: torch.Tensor, mask_rate: float = 0.5, replace: float = 0.05
+    ) -> torch.Tensor:
         n = x.shape[0]
         perm = torch.randperm(n)
         m = int(mask_rate * n)
         masked = perm[:m]
         order = torch.randperm(m)
-        tokens, noise = masked[order[: int((1 - replace) * m)]], masked[order[-int(replace * m):]]
+        tokens, noise = masked[order[: int((1 - replace) * m)]], masked[order[-int(replace * m) :]]
         h = x.clone()
         h[tokens] = 0.0
         h[noise] = x[torch.randperm(n)[: int(replace * m)]]
@@ -82,9 +87,19 @@ class EpochTimer(pl.Callback):
 def lightning_block(root: str, cache: str, epochs: int, warmup: int) -> list[float]:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=graphmae_cora", f"data.root={root}", f"data.cache_dir={cache}",
-                                          f"trainer.max_epochs={epochs + warmup}", "trainer.check_val_every_n_epoch=100000",
-                                          "final_eval=null", "results_file=null", "print_config=false"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=graphmae_cora",
+                f"data.root={root}",
+                f"data.cache_dir={cache}",
+                f"trainer.max_epochs={epochs + warmup}",
+                "trainer.check_val_every_n_epoch=100000",
+                "final_eval=null",
+                "results_file=null",
+                "print_config=false",
+            ],
+        )
     run_dir = tempfile.mkdtemp(prefix="bench_graph_")
     with open_dict(cfg):
         cfg.paths.run_dir = run_dir
@@ -104,7 +119,9 @@ def plain_block(data, epochs: int, warmup: int) -> list[float]:
     model = PlainGraphMAE(data.x.shape[1])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=2e-4)
     total = epochs + warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (1 + torch.cos(torch.tensor(e * torch.pi / total)).item()) * 0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: (1 + torch.cos(torch.tensor(e * torch.pi / total)).item()) * 0.5
+    )
     stamps = [time.perf_counter()]
     model.train()
     for _ in range(total):
@@ -114,8 +131,8 @@ def plain_block(data, epochs: int, warmup: int) -> list[float]:
         opt.step()
         sched.step()
         stamps.append(time.perf_counter())
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return gaps[warmup + 1:]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    return gaps[warmup + 1 :]
 
 
 def main() -> None:
@@ -141,15 +158,30 @@ def main() -> None:
         order = ["lightning", "plain"] if r % 2 == 0 else ["plain", "lightning"]
         for name in order:
             probe()
-            block = lightning_block(args.root, cache, args.epochs, args.warmup) if name == "lightning" else plain_block(data, args.epochs, args.warmup)
+            block = (
+                lightning_block(args.root, cache, args.epochs, args.warmup)
+                if name == "lightning"
+                else plain_block(data, args.epochs, args.warmup)
+            )
             times[name] += block
             print(f"round {r} {name}: median {summary(block)['median'] * 1000:.1f} ms/epoch")
     stats = {k: summary(v) for k, v in times.items()}
     ratio = stats["lightning"]["median"] / stats["plain"]["median"]
-    print(f"Cora epoch, median: mae_zoo/Lightning {stats['lightning']['median'] * 1000:.1f} ms, "
-          f"plain PyG {stats['plain']['median'] * 1000:.1f} ms, ratio {ratio:.3f}")
-    write_json(args.out, {"environment": environment(), "args": vars(args), "epoch_s": stats,
-                          "ratio_lightning_over_plain": ratio, "probe": probe.report(), "busy_warning": busy})
+    print(
+        f"Cora epoch, median: mae_zoo/Lightning {stats['lightning']['median'] * 1000:.1f} ms, "
+        f"plain PyG {stats['plain']['median'] * 1000:.1f} ms, ratio {ratio:.3f}"
+    )
+    write_json(
+        args.out,
+        {
+            "environment": environment(),
+            "args": vars(args),
+            "epoch_s": stats,
+            "ratio_lightning_over_plain": ratio,
+            "probe": probe.report(),
+            "busy_warning": busy,
+        },
+    )
     shutil.rmtree(cache, ignore_errors=True)
 
 

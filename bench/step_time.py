@@ -22,6 +22,7 @@ the same implementation.
     python bench/step_time.py --config vitb --steps 12
     python bench/step_time.py --config tiny vitb --precision fp32 bf16 --out bench/results/step_time.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,16 @@ import gc
 import math
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MatmulProbe, environment, summary, warn_if_busy, write_json  # noqa: E402
+from _common import MatmulProbe, environment, summary, warn_if_busy, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,8 +171,14 @@ def make_adamw(params: list[torch.nn.Parameter], impl: str) -> torch.optim.AdamW
     return torch.optim.AdamW(params, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, **kwargs)
 
 
-def make_peers(cfg: dict[str, Any], impls: list[str], precisions: list[str], attn_impl: str | None,
-               seed: int, adamw_impl: str = "default") -> tuple[list[Peer], dict[str, Any]]:
+def make_peers(
+    cfg: dict[str, Any],
+    impls: list[str],
+    precisions: list[str],
+    attn_impl: str | None,
+    seed: int,
+    adamw_impl: str = "default",
+) -> tuple[list[Peer], dict[str, Any]]:
     gen = torch.Generator().manual_seed(seed)
     images = torch.randn(cfg["batch"], cfg["in_chans"], cfg["img_size"], cfg["img_size"], generator=gen)
     ours = build_ours(cfg, seed)
@@ -190,9 +198,14 @@ def make_peers(cfg: dict[str, Any], impls: list[str], precisions: list[str], att
         optimizer = make_adamw(trainable(model), adamw_impl)
         if impl == "ours":
             mask_gen = torch.Generator().manual_seed(seed + 1)
-            forward = (lambda m=model, g=mask_gen: m(images, generator=g).loss)
+
+            def forward(m=model, g=mask_gen):
+                return m(images, generator=g).loss
         else:
-            forward = (lambda m=model: m(pixel_values=images).loss)
+
+            def forward(m=model):
+                return m(pixel_values=images).loss
+
         for precision in precisions:
             name = impl if precision == "fp32" else f"{impl}+bf16"
             peers.append(Peer(name, impl, precision, forward, optimizer))
@@ -206,8 +219,11 @@ def run_config(key: str, args: argparse.Namespace) -> dict[str, Any]:
     peers, info = make_peers(cfg, args.peers, args.precision, args.attn_impl, args.seed, args.adamw)
     if "equivalence" in info:
         eq = info["equivalence"]
-        print(f"[{key}] equivalence: loss ours {eq['loss_ours']:.6f} vs hf {eq['loss_hf']:.6f} "
-              f"(rel diff {eq['rel_diff']:.1e})", flush=True)
+        print(
+            f"[{key}] equivalence: loss ours {eq['loss_ours']:.6f} vs hf {eq['loss_hf']:.6f} "
+            f"(rel diff {eq['rel_diff']:.1e})",
+            flush=True,
+        )
     probe = MatmulProbe()
     rounds = args.warmup + steps
     start = time.perf_counter()
@@ -223,8 +239,9 @@ def run_config(key: str, args: argparse.Namespace) -> dict[str, Any]:
         gf = probe()
         if args.verbose or r == 0 or (r + 1) % max(1, rounds // 5) == 0:
             tag = "warm-up" if not record else f"step {r - args.warmup + 1}/{steps}"
-            print(f"[{key}] round {r + 1}/{rounds} ({tag}): " + ", ".join(line) + f" | probe {gf:.0f} GFLOP/s",
-                  flush=True)
+            print(
+                f"[{key}] round {r + 1}/{rounds} ({tag}): " + ", ".join(line) + f" | probe {gf:.0f} GFLOP/s", flush=True
+            )
     wall = time.perf_counter() - start
 
     gflop = analytic_gflop_per_step(cfg)
@@ -310,8 +327,10 @@ def markdown(run: dict[str, Any]) -> str:
     ]
     eq = run["info"].get("equivalence")
     if eq:
-        lines.append(f"Same weights and noise: loss ours {eq['loss_ours']:.6f}, HF {eq['loss_hf']:.6f} "
-                     f"(rel diff {eq['rel_diff']:.1e}); HF attention: {run['info'].get('hf_attn_implementation')}.")
+        lines.append(
+            f"Same weights and noise: loss ours {eq['loss_ours']:.6f}, HF {eq['loss_hf']:.6f} "
+            f"(rel diff {eq['rel_diff']:.1e}); HF attention: {run['info'].get('hf_attn_implementation')}."
+        )
     return "\n".join(lines)
 
 
@@ -320,13 +339,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", nargs="+", default=["tiny"], choices=sorted(CONFIGS))
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--peers", nargs="+", default=["ours", "hf"], choices=["ours", "hf"])
-    parser.add_argument("--steps", type=int, default=None, help="timed steps per peer (default: per config, tiny 30, vitb 15)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps per peer (default: per config, tiny 30, vitb 15)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attn-impl", default=None, help="HF attention implementation (default: library default, sdpa)")
-    parser.add_argument("--adamw", choices=["default", "foreach", "fused"], default="default",
-                        help="AdamW implementation for every peer (default: torch's choice, a for-loop on CPU)")
+    parser.add_argument(
+        "--attn-impl", default=None, help="HF attention implementation (default: library default, sdpa)"
+    )
+    parser.add_argument(
+        "--adamw",
+        choices=["default", "foreach", "fused"],
+        default="default",
+        help="AdamW implementation for every peer (default: torch's choice, a for-loop on CPU)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "step_time.json"))
     parser.add_argument("--verbose", action="store_true", help="print every round")
     args = parser.parse_args(argv)

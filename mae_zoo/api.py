@@ -1,4 +1,5 @@
 """Public Python API for notebooks and tests."""
+
 from __future__ import annotations
 
 import argparse
@@ -91,7 +92,9 @@ def load(
             raise ValueError(f"{path} is not an mae_zoo checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
         if "mae_zoo" in checkpoint:
             if given:
-                raise ConfigError(f"{sorted(given)} apply to foreign checkpoints; {path} records its own hyperparameters")
+                raise ConfigError(
+                    f"{sorted(given)} apply to foreign checkpoints; {path} records its own hyperparameters"
+                )
             model, info = _load_mae_zoo(checkpoint, strict), LoadInfo(str(path), "mae_zoo")
         elif _is_state_dict(checkpoint.get("model")) and _is_official_video(checkpoint["model"]):
             model, info = _load_official_video(checkpoint, path, **overrides)
@@ -116,9 +119,7 @@ def _load_mae_zoo(checkpoint: Mapping[str, Any], strict: bool) -> MaskedAutoenco
     return model
 
 
-def _load_official(
-    checkpoint: Mapping[str, Any], path: Path, **overrides: Any
-) -> tuple[MaskedAutoencoder, LoadInfo]:
+def _load_official(checkpoint: Mapping[str, Any], path: Path, **overrides: Any) -> tuple[MaskedAutoencoder, LoadInfo]:
     from mae_zoo.weights.official_mae import load_official_state_dict
 
     result = load_official_state_dict(checkpoint["model"], args=checkpoint.get("args"), **overrides)
@@ -130,7 +131,11 @@ def _load_official(
         parts = ["the decoder (official 512-d, 8 blocks)"] if decoder_fresh else []
         if "encoder.norm.weight" in result.not_in_file:
             parts.append("encoder.norm (the file has fc_norm, which normalises the pooled feature instead)")
-        extra = f"; head/fc_norm tensors {sorted(result.classifier)} are in model.load_info.extra" if result.classifier else ""
+        extra = (
+            f"; head/fc_norm tensors {sorted(result.classifier)} are in model.load_info.extra"
+            if result.classifier
+            else ""
+        )
         warnings.warn(
             f"{path} is an official {what} checkpoint: {' and '.join(parts)} stay freshly initialised "
             f"({len(result.not_in_file)} keys, listed in model.load_info.not_in_file){extra}. Chosen: {given}",
@@ -155,11 +160,15 @@ def _load_official_video(
     from mae_zoo.weights.official_videomae import load_official_videomae
 
     result = load_official_videomae(checkpoint["model"], args=checkpoint.get("args"), **overrides)
-    warnings.warn(f"{path}: official VideoMAE checkpoint; chosen: {'; '.join(result.choices)}", UserWarning, stacklevel=3)
+    warnings.warn(
+        f"{path}: official VideoMAE checkpoint; chosen: {'; '.join(result.choices)}", UserWarning, stacklevel=3
+    )
     return result.model, LoadInfo(str(path), "official_videomae", "pretrain", choices=result.choices)
 
 
-def _load_hf_video_dir(path: Path, norm_pix_loss: bool | None, **heads: int | None) -> tuple[MaskedAutoencoder, LoadInfo]:
+def _load_hf_video_dir(
+    path: Path, norm_pix_loss: bool | None, **heads: int | None
+) -> tuple[MaskedAutoencoder, LoadInfo]:
     """A HF ``VideoMAEForPreTraining`` directory, mapped with the exact map of ``weights/hf_videomae.py``."""
     from transformers import VideoMAEForPreTraining
 
@@ -170,17 +179,25 @@ def _load_hf_video_dir(path: Path, norm_pix_loss: bool | None, **heads: int | No
 
     if any(v is not None for v in heads.values()):
         raise ConfigError(f"{path}: a HF directory records its heads in config.json; do not pass {sorted(heads)}")
-    hf, report = VideoMAEForPreTraining.from_pretrained(str(path.resolve()), local_files_only=True, output_loading_info=True)
+    hf, report = VideoMAEForPreTraining.from_pretrained(
+        str(path.resolve()), local_files_only=True, output_loading_info=True
+    )
     problems = {k: sorted(map(str, v)) for k, v in report.items() if v}
     if problems:
-        raise StateDictMismatchError(f"{path} does not fit VideoMAEForPreTraining: {problems}",
-                                     problems.get("missing_keys", []), problems.get("unexpected_keys", []), [])
+        raise StateDictMismatchError(
+            f"{path} does not fit VideoMAEForPreTraining: {problems}",
+            problems.get("missing_keys", []),
+            problems.get("unexpected_keys", []),
+            [],
+        )
     kwargs = videomae_kwargs_from_hf_config(hf.config)
     choices = ["mask=tube 0.9 (HF stores no mask generator)", "pixel mean/std = ImageNet (HF's hard-coded values)"]
     if norm_pix_loss is not None:
         kwargs["objective"]["norm_pix_loss"] = bool(norm_pix_loss)
         choices.append(f"norm_pix_loss={bool(norm_pix_loss)} (given; config.json says {hf.config.norm_pix_loss})")
-    model = VideoMAE(optim=dict(DEFAULT_OPTIM), pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225], **kwargs)
+    model = VideoMAE(
+        optim=dict(DEFAULT_OPTIM), pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225], **kwargs
+    )
     load_hf_into_videomae(model, hf.state_dict())
     return model, LoadInfo(str(path), "hf_videomae", "pretrain", choices=choices)
 
@@ -195,8 +212,10 @@ def _load_hf_dir(
     if model_type == "videomae":
         return _load_hf_video_dir(path, norm_pix_loss, num_heads=num_heads, decoder_num_heads=decoder_num_heads)
     if model_type != "vit_mae":
-        raise ConfigError(f"{path}: config.json has model_type={model_type!r}; only 'vit_mae' (ViTMAEForPreTraining) "
-                          "and 'videomae' (VideoMAEForPreTraining) load")
+        raise ConfigError(
+            f"{path}: config.json has model_type={model_type!r}; only 'vit_mae' (ViTMAEForPreTraining) "
+            "and 'videomae' (VideoMAEForPreTraining) load"
+        )
     try:
         from transformers import ViTMAEForPreTraining
     except ImportError as err:  # pragma: no cover - transformers is a dev extra
@@ -216,7 +235,9 @@ def _load_hf_dir(
     if problems:
         raise StateDictMismatchError(
             f"{path} does not fit ViTMAEForPreTraining: {problems}",
-            problems.get("missing_keys", []), problems.get("unexpected_keys", []), problems.get("mismatched_keys", []),
+            problems.get("missing_keys", []),
+            problems.get("unexpected_keys", []),
+            problems.get("mismatched_keys", []),
         )
     kwargs = imagemae_kwargs_from_hf_config(hf.config)
     for arg, value, stack in (("num_heads", num_heads, "encoder"), ("decoder_num_heads", decoder_num_heads, "decoder")):

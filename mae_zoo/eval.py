@@ -10,6 +10,7 @@ Results go to the eval run folder's ``metrics.json``; the last line printed is t
 An evaluator is one module in ``mae_zoo/evaluation/`` plus ``conf/eval/<name>.yaml`` with its
 ``_target_``; nothing here knows the evaluators by name.
 """
+
 from __future__ import annotations
 
 import sys
@@ -77,8 +78,7 @@ def build_datamodule(cfg: DictConfig, checkpoint: dict[str, Any], model: MaskedA
         raise ConfigError(f"data override not understood by {cls_path.rsplit('.', 1)[-1]}: {err}") from None
 
 
-def apply_limits(cfg: DictConfig, evaluator: Evaluator,
-                 datamodule: MAEDataModule) -> MAEDataModule | LimitedDataModule:
+def apply_limits(cfg: DictConfig, evaluator: Evaluator, datamodule: MAEDataModule) -> MAEDataModule | LimitedDataModule:
     """``trainer.max_epochs`` caps an evaluator's ``epochs``; ``trainer.limit_{train,val}_batches``
     cap the batches of every loader the datamodule gives (``debug=smoke`` sets all three)."""
     limits = cfg.get("trainer") or {}

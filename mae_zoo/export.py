@@ -12,6 +12,7 @@ The source is anything :func:`mae_zoo.load` reads (an mae_zoo ``.ckpt``, an offi
 
 The last line printed is the run folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"format={fmt} is unknown; valid: {list(FORMATS)}")
     source = Path(str(cfg.ckpt))
     if not source.exists():
-        raise ConfigError(f"ckpt={source} does not exist; pass an mae_zoo .ckpt, an official MAE .pth or a HF directory")
+        raise ConfigError(
+            f"ckpt={source} does not exist; pass an mae_zoo .ckpt, an official MAE .pth or a HF directory"
+        )
     run_dir = Path(cfg.paths.run_dir)
     if source.resolve() == run_dir.resolve():
         raise ConfigError(f"ckpt={source} is the export's own run folder")
@@ -81,7 +84,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "choices": info.choices,
     }
     if fmt == "timm":
-        manifest["rebuild"] = "timm.create_model(j['model_name'], pretrained=False, **j['model_args']) with j = model.json"
+        manifest["rebuild"] = (
+            "timm.create_model(j['model_name'], pretrained=False, **j['model_args']) with j = model.json"
+        )
     (run_dir / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -6,6 +6,7 @@ seed so far and mean ± std per metric. Seeds can therefore run in several invoc
 processes (``-m seed=0,1,2`` now, ``seed=3,4`` tomorrow) and the table always covers all of them; a
 seed run again replaces its earlier row.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -50,8 +51,14 @@ def summary_table(rows: list[dict[str, Any]], title: str = "") -> str:
     if not rows:
         return f"# {title}\n\nno results yet\n"
     keys = sorted({k for r in rows for k, v in r["metrics"].items() if isinstance(v, (int, float))})
-    lines = [f"# {title}", "", f"{len(rows)} seed(s): {', '.join(str(r['seed']) for r in rows)}", "",
-             "| seed | " + " | ".join(keys) + " | run |", "|---:|" + "---:|" * len(keys) + "---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{len(rows)} seed(s): {', '.join(str(r['seed']) for r in rows)}",
+        "",
+        "| seed | " + " | ".join(keys) + " | run |",
+        "|---:|" + "---:|" * len(keys) + "---|",
+    ]
     for r in rows:
         cells = [f"{r['metrics'][k]:.2f}" if k in r["metrics"] else "" for k in keys]
         lines.append(f"| {r['seed']} | " + " | ".join(cells) + f" | {r.get('run_dir', '')} |")
@@ -64,12 +71,17 @@ def summary_table(rows: list[dict[str, Any]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def record_result(path: str | Path, seed: int, metrics: dict[str, Any], run_dir: str = "",
-                  prefix: str = "eval_") -> Path:
+def record_result(
+    path: str | Path, seed: int, metrics: dict[str, Any], run_dir: str = "", prefix: str = "eval_"
+) -> Path:
     """Append this seed's ``prefix*`` metrics to ``path`` and rewrite the Markdown table; returns its path."""
     path = Path(path)
-    row = {"seed": int(seed), "run_dir": str(run_dir), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "metrics": {k: v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (int, float))}}
+    row = {
+        "seed": int(seed),
+        "run_dir": str(run_dir),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, (int, float))},
+    }
     table = path.with_suffix(".md")
     with _locked(path):
         with open(path, "a") as handle:

@@ -5,9 +5,9 @@ mae_zoo's defaults and one addition (``hydra_plugins.mae_zoo_slurm.MaeZooSlurmLa
 ``launch`` is :func:`launch_checked`): before anything is submitted it composes
 every job of the sweep and checks that Slurm, not Lightning, will start the DDP ranks:
 ``tasks_per_node == trainer.devices`` and ``nodes == trainer.num_nodes``. Left at their preset values
-(``trainer.devices``, ``trainer.num_nodes`` through the ``mae_zoo.slurm_count`` resolver) they follow each job, and jobs that need different
-resources go out as separate arrays; set by hand and different from a job's trainer, they are a
-clear error, raised before submission.
+(``trainer.devices``, ``trainer.num_nodes`` through the ``mae_zoo.slurm_count`` resolver) they follow
+each job, and jobs that need different resources go out as separate arrays; set by hand and different
+from a job's trainer, they are a clear error, raised before submission.
 
 Plain sbatch, for users who do not use the Hydra launcher::
 
@@ -16,6 +16,7 @@ Plain sbatch, for users who do not use the Hydra launcher::
 prints (or writes, or submits) an sbatch script whose ``#SBATCH`` lines come from the same
 ``hydra.launcher`` fields and whose ``srun`` line runs ``python -m mae_zoo.train`` with the overrides.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -32,8 +34,10 @@ from omegaconf.errors import InterpolationResolutionError
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.utils import runtime as _runtime  # noqa: F401  (registers the mae_zoo.* resolvers the configs use)
 
-FOLLOW = {"tasks_per_node": "${mae_zoo.slurm_count:${trainer.devices},trainer.devices}",
-          "nodes": "${mae_zoo.slurm_count:${trainer.num_nodes},trainer.num_nodes}"}
+FOLLOW = {
+    "tasks_per_node": "${mae_zoo.slurm_count:${trainer.devices},trainer.devices}",
+    "nodes": "${mae_zoo.slurm_count:${trainer.num_nodes},trainer.num_nodes}",
+}
 GPU_ACCELERATORS = ("gpu", "cuda")
 # Lightning owns requeue: SIGUSR1 this many seconds before the time limit -> hpc checkpoint + scontrol requeue
 DEFAULT_SIGNAL = "USR1@90"
@@ -49,7 +53,8 @@ def job_resources(cfg: DictConfig, launcher: dict[str, Any], raw_launcher: dict[
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise ConfigError(
             f"trainer.devices={devices!r}: under Slurm set it to the number of processes per node (an integer "
-            "≥ 1): Slurm starts one task per device and Lightning checks that the two agree")
+            "≥ 1): Slurm starts one task per device and Lightning checks that the two agree"
+        )
     if not isinstance(num_nodes, int) or num_nodes < 1:
         raise ConfigError(f"trainer.num_nodes={num_nodes!r} must be an integer ≥ 1")
     wanted = {"tasks_per_node": devices, "nodes": num_nodes}
@@ -65,7 +70,8 @@ def job_resources(cfg: DictConfig, launcher: dict[str, Any], raw_launcher: dict[
                 f"hydra.launcher.{key}={launcher[key]} but trainer.{trainer_key}={value}: they must be equal, so that "
                 f"Slurm starts all the ranks and Lightning starts none (on a mismatch Lightning would re-run "
                 f"the job script itself, or wait for ranks that never come). Drop hydra.launcher.{key} to let it "
-                f"follow trainer.{trainer_key}, or set both to the same value.")
+                f"follow trainer.{trainer_key}, or set both to the same value."
+            )
         out[key] = value
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if launcher.get("gpus_per_node") is None and accelerator in GPU_ACCELERATORS:
@@ -73,13 +79,19 @@ def job_resources(cfg: DictConfig, launcher: dict[str, Any], raw_launcher: dict[
     elif launcher.get("gpus_per_node") is not None:
         out["gpus_per_node"] = launcher["gpus_per_node"]
     if cfg.strategy.get("name") == "ddp_spawn" and devices > 1:
-        raise ConfigError("strategy=ddp_spawn starts its own processes; under Slurm use strategy=ddp "
-                          "(Slurm starts one task per device)")
+        raise ConfigError(
+            "strategy=ddp_spawn starts its own processes; under Slurm use strategy=ddp "
+            "(Slurm starts one task per device)"
+        )
     return out
 
 
-def launch_checked(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
-                   submit: Callable[[Sequence[Sequence[str]], int], Sequence[Any]]) -> list[Any]:
+def launch_checked(
+    launcher: Any,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    submit: Callable[[Sequence[Sequence[str]], int], Sequence[Any]],
+) -> list[Any]:
     """The body of ``hydra_plugins.mae_zoo_slurm.MaeZooSlurmLauncher.launch``.
 
     Composes every job of the sweep, checks its resources (:func:`job_resources`) before anything is
@@ -149,8 +161,18 @@ def sbatch_script(overrides: list[str], python: str | None = None, workdir: str 
         "open-mode": "append",  # a requeued job appends to the same log
         "requeue": True,
     }
-    for key in ("partition", "account", "qos", "constraint", "exclude", "gres", "cpus_per_task", "mem_per_cpu",
-                "mem_per_gpu", "comment"):
+    for key in (
+        "partition",
+        "account",
+        "qos",
+        "constraint",
+        "exclude",
+        "gres",
+        "cpus_per_task",
+        "mem_per_cpu",
+        "mem_per_gpu",
+        "comment",
+    ):
         if launcher.get(key) is not None:
             flags[key.replace("_", "-")] = launcher[key]
     if res.get("gpus_per_node"):
@@ -160,10 +182,13 @@ def sbatch_script(overrides: list[str], python: str | None = None, workdir: str 
     extra = dict(launcher.get("additional_parameters") or {})
     flags.update({k.replace("_", "-"): v for k, v in extra.items()})
     flags.setdefault("signal", DEFAULT_SIGNAL)
-    lines = ["#!/bin/bash", "# Written by `python -m mae_zoo.slurm`; submit with `sbatch <this file>`.",
-             "# Lightning owns requeue: SIGUSR1 before the time limit -> hpc_ckpt_N.ckpt in the run folder ->",
-             "# scontrol requeue; the requeued job keeps its job id, so it finds the same run folder and resumes.",
-             "# The folder of --output must exist before sbatch (--output/--submit create it)."]
+    lines = [
+        "#!/bin/bash",
+        "# Written by `python -m mae_zoo.slurm`; submit with `sbatch <this file>`.",
+        "# Lightning owns requeue: SIGUSR1 before the time limit -> hpc_ckpt_N.ckpt in the run folder ->",
+        "# scontrol requeue; the requeued job keeps its job id, so it finds the same run folder and resumes.",
+        "# The folder of --output must exist before sbatch (--output/--submit create it).",
+    ]
     for key, value in flags.items():
         lines.append(f"#SBATCH --{key}" if value is True else f"#SBATCH --{key}={shlex.quote(str(value))}")
     lines += ["", "set -euo pipefail", f"mkdir -p {shlex.quote(str(log_dir))}"]
@@ -178,9 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mae_zoo.slurm",
         description="Print (or write, or submit) an sbatch script that runs mae_zoo.train under srun. "
-                    "Slurm settings come from hydra.launcher.* (conf/hydra/launcher/slurm.yaml).",
+        "Slurm settings come from hydra.launcher.* (conf/hydra/launcher/slurm.yaml).",
         epilog="example: python -m mae_zoo.slurm debug=smoke trainer.devices=2 hydra.launcher.partition=gpu "
-               "hydra.launcher.timeout_min=240")
+        "hydra.launcher.timeout_min=240",
+    )
     parser.add_argument("--output", "-o", help="write the script to this file instead of printing it")
     parser.add_argument("--submit", action="store_true", help="write it (to --output or a temp file) and sbatch it")
     parser.add_argument("--python", default=None, help="interpreter for the srun line (default: this one)")
@@ -203,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sbatch script: {path}", file=sys.stderr)
     if args.submit:
         try:  # sbatch only queues the job; a controller that does not answer must not hang the caller
-            out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True,
-                                 timeout=SBATCH_TIMEOUT_S)
+            out = subprocess.run(
+                ["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=SBATCH_TIMEOUT_S
+            )
         except subprocess.TimeoutExpired:
             print(f"sbatch did not answer within {SBATCH_TIMEOUT_S} s (is slurmctld up?)", file=sys.stderr)
             return 1

@@ -2,6 +2,7 @@
 
 ``main`` is a thin Hydra wrapper around :func:`train`, which tests call with a composed config.
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule
-from mae_zoo.utils.console import print_config_tree
 from mae_zoo.results import record_result
+from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
 from mae_zoo.utils.loggers import WandbResolvedConfig, finish_wandb, log_final_metrics
 from mae_zoo.utils.runtime import (
@@ -62,7 +63,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     callbacks = [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate_checked(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
-    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", "auto"), trainer_kwargs.get("accelerator", "auto"))
+    trainer_kwargs["precision"] = resolve_precision(
+        trainer_kwargs.get("precision", "auto"), trainer_kwargs.get("accelerator", "auto")
+    )
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),

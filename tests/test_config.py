@@ -1,4 +1,5 @@
 """Composition rules: presets override the primary config; the command line overrides presets."""
+
 from tests.conftest import compose_cfg
 
 
@@ -8,7 +9,9 @@ def test_experiment_values_override_primary_defaults(tmp_path):
 
 
 def test_command_line_wins_over_modality_and_experiment(tmp_path):
-    cfg = compose_cfg(["experiment=mae_fashion_mnist", "mask=block", "optim.warmup_epochs=7", "data.batch_size=8"], tmp_path)
+    cfg = compose_cfg(
+        ["experiment=mae_fashion_mnist", "mask=block", "optim.warmup_epochs=7", "data.batch_size=8"], tmp_path
+    )
     assert cfg.mask._target_.endswith("BlockMask")
     assert cfg.optim.warmup_epochs == 7 and cfg.data.batch_size == 8
 

@@ -1,4 +1,5 @@
 """Image data: embedded shapes, torchvision loaders on ../shared/data, corrupt files skipped and counted."""
+
 import numpy as np
 import pytest
 import torch
@@ -33,8 +34,9 @@ def test_shapes_datamodule_batches_are_normalised():
 @pytest.mark.parametrize("name,folder,first_label", [("mnist", "MNIST", 5), ("fashion_mnist", "FashionMNIST", 9)])
 def test_torchvision_loaders_on_shared_data(name, folder, first_label):
     root = needs_shared("vision", folder).parent
-    dm = ImageDataModule(dataset=name, root=str(root), image_size=28, num_channels=1, mean=[0.2], std=[0.3],
-                         batch_size=8, num_workers=0)
+    dm = ImageDataModule(
+        dataset=name, root=str(root), image_size=28, num_channels=1, mean=[0.2], std=[0.3], batch_size=8, num_workers=0
+    )
     dm.setup("fit")
     assert len(dm.train_set) == 60000 and len(dm.val_set) == 10000
     assert dm.train_set[0][1] == first_label
@@ -66,6 +68,6 @@ def test_image_folder_skips_and_counts_corrupt_files(tmp_path):
     dm = ImageDataModule(dataset="image_folder", root=str(tmp_path), image_size=32, batch_size=7, num_workers=0)
     dm.setup("fit")
     loader = torch.utils.data.DataLoader(dm.train_set, batch_size=7, collate_fn=dm.train_dataloader().collate_fn)
-    (x, y), = list(loader)
+    ((x, _y),) = list(loader)
     assert x.shape == (6, 3, 32, 32)  # 7 files, the broken one dropped
     assert dm.num_skipped == 1

@@ -1,4 +1,5 @@
 """Evaluation: linear probe, weighted kNN (and its DDP-synced metric), fine-tuning, the eval CLI."""
+
 from __future__ import annotations
 
 import json
@@ -62,25 +63,32 @@ def test_knn_smoke_pixels_and_random_init(tiny_ckpt, tmp_path):
     pretrained = evaluate(compose_eval(base, tmp_path / "a"))
     assert 0 <= pretrained["eval_knn/top1"] <= pretrained["eval_knn/top5"] <= 100
     assert pretrained["eval_knn/k"] == 20 and pretrained["eval_knn/num_train"] == 64
-    pixels = evaluate(compose_eval(base + ["eval.features=pixels", "eval.k=5"], tmp_path / "b"))
+    pixels = evaluate(compose_eval([*base, "eval.features=pixels", "eval.k=5"], tmp_path / "b"))
     assert pixels["eval_knn/feature_dim"] == 3 * 32 * 32 and pixels["eval_knn/pool"] is None
-    random = evaluate(compose_eval(base + ["init=random", "eval.pool=mean"], tmp_path / "c"))
+    random = evaluate(compose_eval([*base, "init=random", "eval.pool=mean"], tmp_path / "c"))
     assert random["eval_knn/init"] == "random" and random["eval_knn/pool"] == "mean"
     # a random encoder really is a different one
-    assert random["eval_knn/top1"] != pretrained["eval_knn/top1"] or random["eval_knn/top5"] != pretrained["eval_knn/top5"]
+    assert (
+        random["eval_knn/top1"] != pretrained["eval_knn/top1"] or random["eval_knn/top5"] != pretrained["eval_knn/top5"]
+    )
     # a feature cache: the linear probe extracts, the kNN reuses; a random encoder gets its own entry
     cache = f"eval.feature_cache={tmp_path / 'cache'}"
     evaluate(compose_eval([f"ckpt={tiny_ckpt}", "eval=linear", *SMOKE, cache], tmp_path / "d"))
     assert len(list((tmp_path / "cache").glob("features_embed_*.pt"))) == 1
-    cached = evaluate(compose_eval(base + [cache], tmp_path / "e"))
+    cached = evaluate(compose_eval([*base, cache], tmp_path / "e"))
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
-    assert cached["eval_knn/top1"] == pretrained["eval_knn/top1"] and cached["eval_knn/top5"] == pretrained["eval_knn/top5"]
-    evaluate(compose_eval(base + [cache, "init=random"], tmp_path / "f"))
+    assert (
+        cached["eval_knn/top1"] == pretrained["eval_knn/top1"]
+        and cached["eval_knn/top5"] == pretrained["eval_knn/top5"]
+    )
+    evaluate(compose_eval([*base, cache, "init=random"], tmp_path / "f"))
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
 def test_finetune_smoke(tiny_ckpt, tmp_path):
-    metrics = evaluate(compose_eval([f"ckpt={tiny_ckpt}", "eval=finetune", "eval.log_every_n_steps=0", *SMOKE], tmp_path))
+    metrics = evaluate(
+        compose_eval([f"ckpt={tiny_ckpt}", "eval=finetune", "eval.log_every_n_steps=0", *SMOKE], tmp_path)
+    )
     assert 0 <= metrics["eval_finetune/top1"] <= metrics["eval_finetune/top5"] <= 100
     assert metrics["eval_finetune/mode"] == "vit" and metrics["eval_finetune/epochs"] == 1
     assert metrics["eval_finetune/steps"] == 4 and metrics["eval_finetune/num_val"] == 32
@@ -181,9 +189,13 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
         metric = KNNAccuracy(k=10, temperature=0.1, num_classes=6)
         cut_t, cut_q = (70, 20)  # uneven shards
         if rank == 0:
-            metric.update(train_features=tx[:cut_t], train_labels=ty[:cut_t], query_features=qx[:cut_q], query_labels=qy[:cut_q])
+            metric.update(
+                train_features=tx[:cut_t], train_labels=ty[:cut_t], query_features=qx[:cut_q], query_labels=qy[:cut_q]
+            )
         else:
-            metric.update(train_features=tx[cut_t:], train_labels=ty[cut_t:], query_features=qx[cut_q:], query_labels=qy[cut_q:])
+            metric.update(
+                train_features=tx[cut_t:], train_labels=ty[cut_t:], query_features=qx[cut_q:], query_labels=qy[cut_q:]
+            )
         result = {k: float(v) for k, v in metric.compute().items()}  # syncs the cat states across ranks
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -246,8 +258,9 @@ def test_linear_probe_separates_a_separable_toy_set(optimizer, lr, one_thread):
         return x * 3 + 1.0, y  # off-centre and scaled: the BN has work to do
 
     (tx, ty), (vx, vy) = sample(2000), sample(500)
-    _, m = train_linear_probe(tx, ty, vx, vy, num_classes=4, epochs=20, batch_size=128, optimizer=optimizer,
-                              lr=lr, warmup_epochs=2)
+    _, m = train_linear_probe(
+        tx, ty, vx, vy, num_classes=4, epochs=20, batch_size=128, optimizer=optimizer, lr=lr, warmup_epochs=2
+    )
     assert m["eval_linear/train_top1"] >= 99.5, m
     assert m["eval_linear/top1"] >= 99.5, m
     assert "eval_linear/top5" not in m  # fewer than 5 classes
@@ -276,9 +289,13 @@ def test_lars_step_matches_formula():
 # ------------------------------------------------------------------------------- fine-tuning pieces
 def _micro_mae(depth: int = 3) -> ImageMAE:
     return ImageMAE(
-        encoder={"embed_dim": 32, "depth": depth, "num_heads": 2}, decoder={"embed_dim": 16, "depth": 1, "num_heads": 2},
-        mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim={"blr": 1e-3, "weight_decay": 0.05},
-        img_size=16, in_chans=3, patch_size=4,
+        encoder={"embed_dim": 32, "depth": depth, "num_heads": 2},
+        decoder={"embed_dim": 16, "depth": 1, "num_heads": 2},
+        mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75},
+        optim={"blr": 1e-3, "weight_decay": 0.05},
+        img_size=16,
+        in_chans=3,
+        patch_size=4,
     )
 
 
@@ -323,8 +340,14 @@ def test_finetune_net_pools_patches_with_fc_norm_and_drop_path():
 # ------------------------------------------------------------------------------- CLI and errors
 def run_eval_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "mae_zoo.eval", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mae_zoo.eval", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def test_cli_knn_smoke(tiny_ckpt, tmp_path):
@@ -347,7 +370,11 @@ def test_cli_errors_are_one_line(tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mae_zoo: configuration error:") and needle in lines[0], lines
     res = run_eval_cli("--help")
-    assert res.returncode == 0 and "mae_zoo.eval: evaluate" in res.stdout and "eval: " + ", ".join(eval_options()) in res.stdout
+    assert (
+        res.returncode == 0
+        and "mae_zoo.eval: evaluate" in res.stdout
+        and "eval: " + ", ".join(eval_options()) in res.stdout
+    )
 
 
 def test_bad_values_fail_before_work(tiny_ckpt, tmp_path):

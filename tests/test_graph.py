@@ -1,4 +1,5 @@
 """GraphMAE: masks, re-masking, SCE, evaluation protocols, data, and short real runs."""
+
 from __future__ import annotations
 
 import json
@@ -15,27 +16,43 @@ from torch_geometric.data import Batch, Data
 from conftest import ROOT, compose_cfg, needs_shared, run_cli
 from mae_zoo.api import load
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.objectives import ScaledCosineError
 from mae_zoo.core.types import Layout, Masks
 from mae_zoo.data.graph import SBMDataModule, TUDataModule, one_hot_degree
 from mae_zoo.evaluation.graph import NodeLinearProbe, svm_cross_validation
 from mae_zoo.masks.node import EdgeMask, NodeMask
 from mae_zoo.modalities.graph import GraphMAE
 from mae_zoo.nets.gnn import corrupt_nodes, drop_edges, split_counts
+from mae_zoo.objectives import ScaledCosineError
 from mae_zoo.results import read_results, record_result
 from mae_zoo.train import train
 
 GRAPH_FAST = ["modality=graph", "debug=smoke", "print_config=false", "logger=csv"]
-GAT = {"kind": "gat", "hidden": 16, "layers": 2, "heads": 2, "activation": "prelu", "feat_drop": 0.0,
-       "attn_drop": 0.0, "negative_slope": 0.2, "residual": False, "norm": None}
+GAT = {
+    "kind": "gat",
+    "hidden": 16,
+    "layers": 2,
+    "heads": 2,
+    "activation": "prelu",
+    "feat_drop": 0.0,
+    "attn_drop": 0.0,
+    "negative_slope": 0.2,
+    "residual": False,
+    "norm": None,
+}
 OPTIM = {"name": "adam", "decay_all": True, "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999]}
 
 
 def tiny_model(mask: dict | None = None, in_dim: int = 12, encoder: dict | None = None) -> GraphMAE:
     torch.manual_seed(0)
     mask = mask or {"_target_": "mae_zoo.masks.node.NodeMask", "ratio": 0.5, "replace_rate": 0.0}
-    return GraphMAE(encoder=encoder or GAT, decoder={"kind": "gat", "heads": 1}, mask=mask, optim=OPTIM,
-                    in_dim=in_dim, objective=ScaledCosineError.spec(alpha=2.0)).eval()
+    return GraphMAE(
+        encoder=encoder or GAT,
+        decoder={"kind": "gat", "heads": 1},
+        mask=mask,
+        optim=OPTIM,
+        in_dim=in_dim,
+        objective=ScaledCosineError.spec(alpha=2.0),
+    ).eval()
 
 
 def ring_graph(n: int = 30, f: int = 12, seed: int = 0) -> Data:
@@ -134,7 +151,7 @@ def test_masks_that_need_a_grid_fail_on_graphs_and_node_masks_fail_on_images(tmp
 
 
 def test_wrong_protocol_for_the_data_fails_before_training(tmp_path):
-    cfg = compose_cfg(GRAPH_FAST + ["eval@final_eval=graph_svm"], tmp_path)
+    cfg = compose_cfg([*GRAPH_FAST, "eval@final_eval=graph_svm"], tmp_path)
     with pytest.raises(ConfigError, match="eval=graph_svm needs graph-level data"):
         train(cfg)
     assert not (tmp_path / "checkpoints").exists()
@@ -156,7 +173,9 @@ def test_node_probe_keeps_the_latest_best_validation_epoch():
     y = torch.arange(3).repeat_interleave(40)
     x = torch.nn.functional.one_hot(y, 3).float() * 2 + 0.8 * torch.randn(120, 3, generator=g)
     idx = torch.randperm(120, generator=g)
-    masks = [torch.zeros(120, dtype=torch.bool).index_fill_(0, idx[a:b], True) for a, b in ((0, 30), (30, 60), (60, 120))]
+    masks = [
+        torch.zeros(120, dtype=torch.bool).index_fill_(0, idx[a:b], True) for a, b in ((0, 30), (30, 60), (60, 120))
+    ]
     probe = NodeLinearProbe(lr=0.05, weight_decay=0.0, epochs=60, seed=0)
     metrics = probe.probe(x, y, *masks)
     history = probe.history
@@ -206,10 +225,13 @@ def test_results_file_accumulates_seeds_and_replaces_reruns(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ runs
 def test_graph_smoke_on_the_embedded_default_and_checkpoint_reload(tmp_path):
-    cfg = compose_cfg(GRAPH_FAST + ["final_eval.epochs=20", f"results_file={tmp_path}/res.jsonl"], tmp_path / "run")
+    cfg = compose_cfg([*GRAPH_FAST, "final_eval.epochs=20", f"results_file={tmp_path}/res.jsonl"], tmp_path / "run")
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 1 and 0 <= metrics["eval_linear/test_acc"] <= 100
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_linear/test_acc"] == metrics["eval_linear/test_acc"]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["eval_linear/test_acc"]
+        == metrics["eval_linear/test_acc"]
+    )
     assert read_results(tmp_path / "res.jsonl")[0]["seed"] == 0
     model = load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert isinstance(model, GraphMAE) and model.in_dim == 500
@@ -223,8 +245,18 @@ def tu_root(tmp_path):
 
 
 def test_mutag_smoke_run_with_svm_protocol(tu_root, tmp_path):
-    cfg = compose_cfg(["experiment=graphmae_mutag", "debug=smoke", "print_config=false", f"data.root={tu_root}",
-                       f"data.cache_dir={tmp_path}/cache", "data.batch_size=64", "results_file=null"], tmp_path / "run")
+    cfg = compose_cfg(
+        [
+            "experiment=graphmae_mutag",
+            "debug=smoke",
+            "print_config=false",
+            f"data.root={tu_root}",
+            f"data.cache_dir={tmp_path}/cache",
+            "data.batch_size=64",
+            "results_file=null",
+        ],
+        tmp_path / "run",
+    )
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 3  # 188 graphs / 64 per batch
     assert 50 < metrics["eval_svm/test_acc"] <= 100
@@ -237,8 +269,16 @@ def test_seed_sweeps_split_over_invocations_accumulate_in_one_table(tu_root, tmp
     folder (the seed is in its name, so the job numbers restarting at 0 do not collide), and the
     results file holds both seeds."""
     sweep, results = tmp_path / "sweep", tmp_path / "results" / "mutag.jsonl"
-    common = ["-m", "experiment=graphmae_mutag", "debug=smoke", "print_config=false", f"data.root={tu_root}",
-              f"data.cache_dir={tmp_path}/cache", f"results_file={results}", f"hydra.sweep.dir={sweep}"]
+    common = [
+        "-m",
+        "experiment=graphmae_mutag",
+        "debug=smoke",
+        "print_config=false",
+        f"data.root={tu_root}",
+        f"data.cache_dir={tmp_path}/cache",
+        f"results_file={results}",
+        f"hydra.sweep.dir={sweep}",
+    ]
     for seed in (0, 1):
         res = run_cli(*common, f"seed={seed}", timeout=400)
         assert res.returncode == 0, res.stderr[-2000:]
@@ -246,17 +286,40 @@ def test_seed_sweeps_split_over_invocations_accumulate_in_one_table(tu_root, tmp
     assert [row["seed"] for row in read_results(results)] == [0, 1]
     assert "2 seed(s): 0, 1" in results.with_suffix(".md").read_text()
     ckpt = sweep / "seed1-job0" / "checkpoints" / "last.ckpt"
-    res = subprocess.run([sys.executable, "-m", "mae_zoo.eval", f"ckpt={ckpt}", "eval=graph_svm", "print_config=false",
-                          f"hydra.run.dir={tmp_path}/eval"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mae_zoo.eval",
+            f"ckpt={ckpt}",
+            "eval=graph_svm",
+            "print_config=false",
+            f"hydra.run.dir={tmp_path}/eval",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())["eval_svm/test_acc"]
-    assert evaluated == pytest.approx(read_results(results)[1]["metrics"]["eval_svm/test_acc"])  # same folds, same model
+    assert evaluated == pytest.approx(
+        read_results(results)[1]["metrics"]["eval_svm/test_acc"]
+    )  # same folds, same model
 
 
 def test_short_cora_run_beats_raw_feature_logistic_regression(tmp_path):
     root = shutil.copytree(needs_shared("planetoid", "Cora"), tmp_path / "planetoid" / "Cora").parent
-    res = run_cli("experiment=graphmae_cora", "trainer.max_epochs=25", "print_config=false", "results_file=null",
-                  f"data.root={root}", f"data.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run", timeout=400)
+    res = run_cli(
+        "experiment=graphmae_cora",
+        "trainer.max_epochs=25",
+        "print_config=false",
+        "results_file=null",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path}/cache",
+        f"hydra.run.dir={tmp_path}/run",
+        timeout=400,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     cfg = compose_cfg(["experiment=graphmae_cora", f"data.root={root}", f"data.cache_dir={tmp_path}/cache"], tmp_path)
@@ -265,7 +328,8 @@ def test_short_cora_run_beats_raw_feature_logistic_regression(tmp_path):
     dm = instantiate(cfg.data)
     data = dm.graphs()[0]
     raw = NodeLinearProbe(lr=0.01, weight_decay=1e-4, epochs=300, seed=0).probe(
-        data.x, data.y, data.train_mask, data.val_mask, data.test_mask)
+        data.x, data.y, data.train_mask, data.val_mask, data.test_mask
+    )
     # 25 of the 1500 pre-training epochs already lift the probe well above raw features (~53%).
     assert metrics["eval_linear/test_acc"] > raw["eval_linear/test_acc"] + 10, (metrics, raw)
     assert metrics["trainer/global_step"] == 25

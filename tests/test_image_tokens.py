@@ -1,10 +1,11 @@
 """Patchify order, sin-cos tables and the norm-pix objective against independent references."""
+
 import numpy as np
 import torch
 
-from mae_zoo.objectives import MaskedMSE, normalize_per_token
-from mae_zoo.nets.pos_embed import sincos_2d
 from mae_zoo.modalities.image import patchify, unpatchify
+from mae_zoo.nets.pos_embed import sincos_2d
+from mae_zoo.objectives import MaskedMSE, normalize_per_token
 
 
 def test_patchify_channel_fastest_row_major():

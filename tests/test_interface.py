@@ -1,6 +1,7 @@
 """The shared step contract: encoders that substitute a [MASK] token instead of dropping tokens,
 variable mask counts, predicted vs scored positions as data, the target hook, teachers, objectives
 from config and intermediate block features."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -147,9 +148,16 @@ def test_the_target_hook_replaces_the_tokenizer_target():
 
 def tiny_image(**kw: Any) -> ImageMAE:
     torch.manual_seed(0)
-    return ImageMAE(encoder={"embed_dim": 32, "depth": 3, "num_heads": 2}, decoder={"embed_dim": 16, "depth": 2,
-                    "num_heads": 2}, mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim=OPTIM,
-                    img_size=16, in_chans=3, patch_size=4, **kw).eval()
+    return ImageMAE(
+        encoder={"embed_dim": 32, "depth": 3, "num_heads": 2},
+        decoder={"embed_dim": 16, "depth": 2, "num_heads": 2},
+        mask={"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75},
+        optim=OPTIM,
+        img_size=16,
+        in_chans=3,
+        patch_size=4,
+        **kw,
+    ).eval()
 
 
 def test_intermediate_features_of_chosen_blocks():

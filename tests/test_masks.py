@@ -1,4 +1,5 @@
 """Property tests for every mask generator (REFERENCE-methods §7)."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """The shared data path: variable mask counts, masks from outside, embed, optimisation rules, load()."""
+
 import math
 
 import pytest
@@ -16,8 +17,15 @@ OPTIM = {"blr": 1.5e-4, "weight_decay": 0.05}
 
 def small_mae(mask=None, **kw):
     torch.manual_seed(0)
-    return ImageMAE(ENC, DEC, mask=mask or {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}, optim=OPTIM,
-                    img_size=32, patch_size=4, **kw).eval()
+    return ImageMAE(
+        ENC,
+        DEC,
+        mask=mask or {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75},
+        optim=OPTIM,
+        img_size=32,
+        patch_size=4,
+        **kw,
+    ).eval()
 
 
 def test_forward_returns_loss_pred_mask_target():
@@ -108,8 +116,11 @@ def test_patch_projection_equals_conv():
 
 def test_load_round_trip(tmp_path):
     model = small_mae()
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "mae_zoo": {"class": "mae_zoo.modalities.image.ImageMAE"}}
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "mae_zoo": {"class": "mae_zoo.modalities.image.ImageMAE"},
+    }
     torch.save(ckpt, tmp_path / "m.ckpt")
     loaded = mae_zoo.load(tmp_path / "m.ckpt")
     x = torch.randn(2, 3, 32, 32)

@@ -1,5 +1,6 @@
 """Online linear probe callback: it learns, adds no gradient to the MAE, is off without labels,
 grows with new labels, and its state survives a checkpoint round trip (resume continues it)."""
+
 from __future__ import annotations
 
 import json
@@ -67,9 +68,18 @@ class ToyMAE(pl.LightningModule):
 
 
 def fit(module, probe, train_set, val_set=None, epochs=3, ckpt_path=None, root=None, batch_size=32, **kw):
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
-                         callbacks=[probe], default_root_dir=root, **kw)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+        callbacks=[probe],
+        default_root_dir=root,
+        **kw,
+    )
     val = DataLoader(val_set, batch_size=64) if val_set is not None else None
     trainer.fit(module, DataLoader(train_set, batch_size=batch_size, shuffle=False), val, ckpt_path=ckpt_path)
     return trainer
@@ -118,8 +128,7 @@ def test_head_grows_with_new_labels(tmp_path):
     x, y = data.tensors
     order = torch.cat([torch.nonzero(y < 2).flatten(), torch.nonzero(y >= 2).flatten()])
     probe = OnlineLinearProbe(lr=1e-2, every_n_steps=1)
-    trainer = fit(ToyMAE(), probe, TensorDataset(x[order], y[order]), blobs(120, 1, classes=6), epochs=2,
-                  root=tmp_path)
+    trainer = fit(ToyMAE(), probe, TensorDataset(x[order], y[order]), blobs(120, 1, classes=6), epochs=2, root=tmp_path)
     assert probe.num_classes == 6 and probe.head[1].weight.shape == (6, DIM)
     assert probe.optimizer.state[probe.head[1].weight]["exp_avg"].shape == (6, DIM)
     assert "probe_online/top5" in trainer.callback_metrics
@@ -157,7 +166,7 @@ def test_image_mae_default_callbacks_log_the_probe(tmp_path):
     logs probe_online/* into the returned metrics, metrics.json and the CSV, and keeps the probe in
     last.ckpt. (A few steps cannot beat chance on shapes: random-init ViT features give ~15% after 40
     steps; learning itself is tested on separable features above.)"""
-    cfg = compose_cfg(FAST + ["logger=csv", "callbacks.reconstructions=null"], tmp_path / "run")
+    cfg = compose_cfg([*FAST, "logger=csv", "callbacks.reconstructions=null"], tmp_path / "run")
     metrics = train(cfg)
     assert 0 <= metrics["probe_online/top1"] <= metrics["probe_online/top5"] <= 100
     assert metrics["probe_online/train_loss"] > 0
@@ -177,8 +186,12 @@ def test_probe_leaves_pre_training_unchanged(tmp_path):
     weights = []
     for enabled in (True, False):
         run = tmp_path / f"probe_{enabled}"
-        metrics = train(compose_cfg(FAST + ["logger=none", "callbacks.reconstructions=null",
-                                            f"callbacks.online_probe.enabled={enabled}"], run))
+        metrics = train(
+            compose_cfg(
+                [*FAST, "logger=none", "callbacks.reconstructions=null", f"callbacks.online_probe.enabled={enabled}"],
+                run,
+            )
+        )
         assert ("probe_online/top1" in metrics) == enabled
         weights.append(torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     assert weights[0].keys() == weights[1].keys()

@@ -5,6 +5,7 @@ predictions, loss, patchify, sin-cos tables) checks our model end to end. Weight
 away from MAE's init (zero biases, unit LayerNorms) so a mapping that swapped e.g. ``norm1`` and
 ``norm2`` or dropped a bias could not pass by accident.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -12,10 +13,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from mae_zoo.nets.pos_embed import sincos_2d  # noqa: E402
 from mae_zoo.masks import RandomMask  # noqa: E402
-from mae_zoo.objectives import MaskedMSE  # noqa: E402
 from mae_zoo.modalities.image import ImageMAE, patchify  # noqa: E402
+from mae_zoo.nets.pos_embed import sincos_2d  # noqa: E402
+from mae_zoo.objectives import MaskedMSE  # noqa: E402
 from mae_zoo.weights.hf_vitmae import (  # noqa: E402
     StateDictMismatchError,
     hf_config_from_imagemae,
@@ -39,8 +40,14 @@ OPTIM = {"blr": 1.5e-4, "weight_decay": 0.05}
 def make_ours(norm_pix_loss: bool, seed: int = 0) -> ImageMAE:
     torch.manual_seed(seed)
     model = ImageMAE(
-        encoder=dict(ENCODER), decoder=dict(DECODER), mask=dict(MASK), optim=dict(OPTIM),
-        img_size=IMG, in_chans=CHANS, patch_size=PATCH, objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss),
+        encoder=dict(ENCODER),
+        decoder=dict(DECODER),
+        mask=dict(MASK),
+        optim=dict(OPTIM),
+        img_size=IMG,
+        in_chans=CHANS,
+        patch_size=PATCH,
+        objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss),
     )
     perturb_trainable(model, seed)
     return model.eval()
@@ -55,7 +62,7 @@ def perturb_trainable(module: torch.nn.Module, seed: int) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
-def make_hf(config: "transformers.ViTMAEConfig") -> "transformers.ViTMAEForPreTraining":
+def make_hf(config: transformers.ViTMAEConfig) -> transformers.ViTMAEForPreTraining:
     return transformers.ViTMAEForPreTraining(config).eval()
 
 
@@ -116,10 +123,20 @@ def test_ours_to_hf_same_mask_pred_and_loss(norm_pix_loss: bool) -> None:
 def test_hf_to_ours_same_loss(norm_pix_loss: bool) -> None:
     torch.manual_seed(3)
     config = transformers.ViTMAEConfig(
-        image_size=IMG, patch_size=PATCH, num_channels=CHANS,
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-        decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=4,
-        decoder_intermediate_size=128, layer_norm_eps=1e-6, mask_ratio=RATIO, norm_pix_loss=norm_pix_loss,
+        image_size=IMG,
+        patch_size=PATCH,
+        num_channels=CHANS,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=128,
+        layer_norm_eps=1e-6,
+        mask_ratio=RATIO,
+        norm_pix_loss=norm_pix_loss,
     )
     hf = make_hf(config)
     with torch.no_grad():
@@ -205,14 +222,38 @@ def test_sincos_table_matches_hf() -> None:
 
 def test_config_round_trip_and_refusals() -> None:
     fields = [
-        "image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
-        "decoder_intermediate_size", "layer_norm_eps", "qkv_bias", "mask_ratio", "norm_pix_loss", "hidden_act",
+        "image_size",
+        "patch_size",
+        "num_channels",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+        "layer_norm_eps",
+        "qkv_bias",
+        "mask_ratio",
+        "norm_pix_loss",
+        "hidden_act",
     ]
     config = transformers.ViTMAEConfig(
-        image_size=24, patch_size=6, num_channels=1, hidden_size=48, num_hidden_layers=1, num_attention_heads=3,
-        intermediate_size=96, decoder_hidden_size=16, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        decoder_intermediate_size=64, layer_norm_eps=1e-6, mask_ratio=0.5, norm_pix_loss=True,
+        image_size=24,
+        patch_size=6,
+        num_channels=1,
+        hidden_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        intermediate_size=96,
+        decoder_hidden_size=16,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=64,
+        layer_norm_eps=1e-6,
+        mask_ratio=0.5,
+        norm_pix_loss=True,
     )
     model = ImageMAE(optim=dict(OPTIM), **imagemae_kwargs_from_hf_config(config))
     back = hf_config_from_imagemae(model)
@@ -224,7 +265,12 @@ def test_config_round_trip_and_refusals() -> None:
         imagemae_kwargs_from_hf_config(transformers.ViTMAEConfig(image_size=(224, 160)))
     with pytest.raises(ValueError, match="eps"):
         mixed = ImageMAE(
-            encoder=dict(ENCODER), decoder={**DECODER, "norm_eps": 1e-5}, mask=dict(MASK), optim=dict(OPTIM),
-            img_size=IMG, in_chans=CHANS, patch_size=PATCH,
+            encoder=dict(ENCODER),
+            decoder={**DECODER, "norm_eps": 1e-5},
+            mask=dict(MASK),
+            optim=dict(OPTIM),
+            img_size=IMG,
+            in_chans=CHANS,
+            patch_size=PATCH,
         )
         hf_config_from_imagemae(mixed)

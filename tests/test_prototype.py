@@ -1,5 +1,6 @@
 """Prototypical probing (Bird-MAE): the head's shapes, max over positions, non-negative last layer,
 orthogonality penalty, that it learns position-free evidence, token features, and a smoke evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ def test_shapes_and_class_identity():
     assert head(tokens).shape == (5, 3)
     assert head.orthogonality().shape == (3, 4, 4)
     # prototypes start U[0, 1) as in Bird-MAE; last layer 1.0 on own prototypes, bias -2
-    assert 0 <= float(head.prototypes.detach().min()) and float(head.prototypes.detach().max()) < 1
+    assert float(head.prototypes.detach().min()) >= 0 and float(head.prototypes.detach().max()) < 1
     assert torch.equal(head.last_layer.weight, torch.ones(3, 4))
     assert torch.equal(head.last_layer.bias, torch.full((3,), -2.0))
 
@@ -57,7 +58,7 @@ def test_max_over_positions():
     head = _head()
     tokens = torch.randn(4, 9, 8)
     acts = head.activations(tokens)
-    per_position = torch.stack([head.activations(tokens[:, i:i + 1]) for i in range(9)], dim=-1)
+    per_position = torch.stack([head.activations(tokens[:, i : i + 1]) for i in range(9)], dim=-1)
     assert torch.allclose(acts, per_position.amax(dim=-1))
     perm = torch.randperm(9)
     assert torch.allclose(head.activations(tokens[:, perm]), acts)  # where the evidence sits does not matter
@@ -124,9 +125,13 @@ def test_head_learns_position_free_evidence():
     where = torch.randint(0, positions, (n,), generator=g)
     tokens[torch.arange(n), where] = keys[labels]
     head = PrototypeHead(dim, classes, prototypes_per_class=3, generator=g)
-    opt = torch.optim.AdamW([{"params": [head.prototypes], "lr": 0.04},
-                             {"params": head.last_layer.parameters(), "lr": 4e-3, "weight_decay": 1e-4}])
-    for step in range(150):
+    opt = torch.optim.AdamW(
+        [
+            {"params": [head.prototypes], "lr": 0.04},
+            {"params": head.last_layer.parameters(), "lr": 4e-3, "weight_decay": 1e-4},
+        ]
+    )
+    for _step in range(150):
         idx = torch.randint(0, n, (64,), generator=g)
         loss = F.cross_entropy(head(tokens[idx]), labels[idx]) + head.orthogonality_penalty()
         opt.zero_grad()
@@ -142,6 +147,7 @@ def test_head_learns_position_free_evidence():
 def _tiny_mae() -> ImageMAE:
     cfg = compose_cfg(FAST)
     from hydra.utils import instantiate
+
     return instantiate(cfg.module, _recursive_=False, _convert_="all").eval()
 
 
@@ -178,12 +184,17 @@ def _compose_eval(overrides: list[str], run_dir: Path) -> DictConfig:
 
 def test_prototype_smoke_eval(tmp_path):
     run = tmp_path / "pretrain"
-    cfg = compose_cfg(FAST + ["logger=none", "callbacks.online_probe.enabled=false", "callbacks.reconstructions=null"],
-                      run)
+    cfg = compose_cfg(
+        [*FAST, "logger=none", "callbacks.online_probe.enabled=false", "callbacks.reconstructions=null"], run
+    )
     train(cfg)
     ckpt = run / "checkpoints" / "last.ckpt"
-    metrics = evaluate(_compose_eval([f"ckpt={ckpt}", "eval=prototype", "debug=smoke", "print_config=false",
-                                      "eval.prototypes_per_class=4"], tmp_path / "eval"))
+    metrics = evaluate(
+        _compose_eval(
+            [f"ckpt={ckpt}", "eval=prototype", "debug=smoke", "print_config=false", "eval.prototypes_per_class=4"],
+            tmp_path / "eval",
+        )
+    )
     assert 0 <= metrics["eval_prototype/top1"] <= metrics["eval_prototype/top5"] <= 100
     assert metrics["eval_prototype/num_classes"] == 10 and metrics["eval_prototype/prototypes_per_class"] == 4
     assert metrics["eval_prototype/num_tokens"] == 64 and metrics["eval_prototype/feature_dim"] == 128

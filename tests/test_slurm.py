@@ -4,6 +4,7 @@ Tests marked ``slurm`` need a cluster that answers ``sinfo`` (CI starts a one-no
 ``.ci/slurm_up.sh``); elsewhere they skip. Every call that waits on Slurm has a timeout, so a lost
 job fails the test instead of hanging the suite. The checks before submission need no cluster.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,8 +42,14 @@ def _env(**extra: str) -> dict:
 
 
 def _train(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mae_zoo.train", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "mae_zoo.train", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
 
 
 def _ckpt_step(path: Path) -> int:
@@ -53,8 +60,9 @@ def _ckpt_step(path: Path) -> int:
 
 
 def _sacct_states(job: str) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True,
-                         text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True, text=True, timeout=30
+    ).stdout
     return [line.split("|")[1] for line in out.splitlines() if line]
 
 
@@ -78,8 +86,17 @@ def _wait_for_job(job: str, timeout: float) -> list[str]:
     pytest.fail(f"job {job} did not end within {timeout} s (cancelled)")
 
 
-_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
-          "PREEMPTED"}
+_ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 
 
 # ------------------------------------------------------------------------- no cluster needed
@@ -112,15 +129,30 @@ def test_fsdp_on_cpu_is_a_clear_error():
 
 def test_launcher_mismatch_is_an_error_before_submission(tmp_path):
     sweep = tmp_path / "sweep"
-    res = _train("-m", "hydra/launcher=slurm", "hydra.launcher.tasks_per_node=2", "seed=0,1", "debug=smoke", *TINY,
-                 f"hydra.sweep.dir={sweep}", timeout=120)
+    res = _train(
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.tasks_per_node=2",
+        "seed=0,1",
+        "debug=smoke",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        timeout=120,
+    )
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith(
-        "mae_zoo: configuration error: job #0 (seed=0 ")
+    assert res.stderr.strip().splitlines()[-1].startswith("mae_zoo: configuration error: job #0 (seed=0 ")
     assert "hydra.launcher.tasks_per_node=2 but trainer.devices=1" in res.stderr
     assert not (sweep / ".submitit").exists()  # nothing was submitted
-    res = _train("-m", "hydra/launcher=slurm", "trainer.devices=auto", "seed=0", "debug=smoke", *TINY,
-                 f"hydra.sweep.dir={sweep}", timeout=120)
+    res = _train(
+        "-m",
+        "hydra/launcher=slurm",
+        "trainer.devices=auto",
+        "seed=0",
+        "debug=smoke",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        timeout=120,
+    )
     assert res.returncode != 0 and "trainer.devices='auto': under Slurm set it to an integer" in res.stderr
 
 
@@ -137,13 +169,17 @@ def test_launcher_resources_follow_the_trainer(tmp_path):
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
         launcher = cfg.hydra.launcher
-        return job_resources(cfg, OmegaConf.to_container(launcher, resolve=True),
-                             OmegaConf.to_container(launcher, resolve=False))
+        return job_resources(
+            cfg, OmegaConf.to_container(launcher, resolve=True), OmegaConf.to_container(launcher, resolve=False)
+        )
 
     try:
         assert resources() == {"tasks_per_node": 1, "nodes": 1}
         assert resources("trainer.devices=4", "trainer.num_nodes=2", "trainer.accelerator=gpu") == {
-            "tasks_per_node": 4, "nodes": 2, "gpus_per_node": 4}
+            "tasks_per_node": 4,
+            "nodes": 2,
+            "gpus_per_node": 4,
+        }
         assert resources("trainer.devices=2", "hydra.launcher.tasks_per_node=2")["tasks_per_node"] == 2
         with pytest.raises(ConfigError, match="hydra.launcher.nodes=2 but trainer.num_nodes=1"):
             resources("hydra.launcher.nodes=2")
@@ -171,8 +207,11 @@ def test_jobs_with_different_resources_go_out_as_separate_arrays():
     try:
         master = cfg()
         loader = SimpleNamespace(load_sweep_config=lambda master_cfg, overrides: cfg(*overrides))
-        launcher = SimpleNamespace(config=master, hydra_context=SimpleNamespace(config_loader=loader),
-                                   params=OmegaConf.to_container(master.hydra.launcher, resolve=True))
+        launcher = SimpleNamespace(
+            config=master,
+            hydra_context=SimpleNamespace(config_loader=loader),
+            params=OmegaConf.to_container(master.hydra.launcher, resolve=True),
+        )
         calls = []
 
         def submit(job_overrides, start):
@@ -189,24 +228,58 @@ def test_jobs_with_different_resources_go_out_as_separate_arrays():
 
 def test_sbatch_script_matches_the_trainer(tmp_path):
     out = tmp_path / "job.sh"
-    res = subprocess.run([sys.executable, "-m", "mae_zoo.slurm", "--output", str(out), "debug=smoke",
-                          "trainer.devices=2", "trainer.num_nodes=3", "strategy=ddp", "hydra.launcher.partition=gpu",
-                          "hydra.launcher.account=proj", "hydra.launcher.timeout_min=240", "hydra.launcher.mem_gb=64",
-                          "hydra.launcher.setup=[module load cuda]", f"paths.log_dir={tmp_path}/runs"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mae_zoo.slurm",
+            "--output",
+            str(out),
+            "debug=smoke",
+            "trainer.devices=2",
+            "trainer.num_nodes=3",
+            "strategy=ddp",
+            "hydra.launcher.partition=gpu",
+            "hydra.launcher.account=proj",
+            "hydra.launcher.timeout_min=240",
+            "hydra.launcher.mem_gb=64",
+            "hydra.launcher.setup=[module load cuda]",
+            f"paths.log_dir={tmp_path}/runs",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     script = out.read_text()
-    for line in ("#SBATCH --nodes=3", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=gpu",
-                 "#SBATCH --account=proj", "#SBATCH --time=240", "#SBATCH --mem=64G", "#SBATCH --signal=USR1@90",
-                 "#SBATCH --requeue", "#SBATCH --open-mode=append", f"#SBATCH --output={tmp_path}/runs/train/slurm-%j.out",
-                 "module load cuda"):
+    for line in (
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "#SBATCH --time=240",
+        "#SBATCH --mem=64G",
+        "#SBATCH --signal=USR1@90",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        f"#SBATCH --output={tmp_path}/runs/train/slurm-%j.out",
+        "module load cuda",
+    ):
         assert line in script.splitlines(), line
     srun = [line for line in script.splitlines() if line.startswith("srun ")]
-    assert srun == [f"srun {sys.executable} -m mae_zoo.train debug=smoke trainer.devices=2 trainer.num_nodes=3 "
-                    f"strategy=ddp paths.log_dir={tmp_path}/runs"]
+    assert srun == [
+        f"srun {sys.executable} -m mae_zoo.train debug=smoke trainer.devices=2 trainer.num_nodes=3 "
+        f"strategy=ddp paths.log_dir={tmp_path}/runs"
+    ]
     assert (tmp_path / "runs" / "train").is_dir()  # Slurm does not create the --output folder itself
-    bad = subprocess.run([sys.executable, "-m", "mae_zoo.slurm", "hydra.launcher.tasks_per_node=4"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mae_zoo.slurm", "hydra.launcher.tasks_per_node=4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "tasks_per_node=4 but trainer.devices=1" in bad.stderr
 
 
@@ -218,8 +291,16 @@ def test_multirun_through_the_slurm_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     t0 = time.time()
     try:
-        res = _train("-m", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "debug=smoke", *TINY, "seed=0,1",
-                     f"hydra.sweep.dir={sweep}", timeout=240)
+        res = _train(
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=debug",
+            "debug=smoke",
+            *TINY,
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+            timeout=240,
+        )
     except subprocess.TimeoutExpired:
         _cancel_sweep_jobs(sweep)
         raise
@@ -239,7 +320,9 @@ def test_multirun_through_the_slurm_launcher(tmp_path):
     with open(sweep / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["seed"], r["status"], r["trainer/global_step"]) for r in rows] == [
-        ("0", "0", "ok", "4"), ("1", "1", "ok", "4")]
+        ("0", "0", "ok", "4"),
+        ("1", "1", "ok", "4"),
+    ]
     print(f"2-job slurm multirun: {time.time() - t0:.1f} s")
 
 
@@ -250,11 +333,26 @@ def test_preempted_job_is_requeued_and_resumes_at_its_step(tmp_path):
     array task reruns in the same folder, resumes at the step it reached and stops at max_steps."""
     sweep = tmp_path / "sweep"
     max_steps = 40
-    args = [sys.executable, "-m", "mae_zoo.train", "-m", "hydra/launcher=slurm", *TINY,
-            "data.num_train=160", "data.num_val=16", "data.batch_size=8", "data.num_workers=0",
-            "trainer.max_epochs=-1", f"trainer.max_steps={max_steps}", "trainer.limit_val_batches=1",
-            "callbacks.model_checkpoint.every_n_train_steps=2", "callbacks.reconstructions=null",
-            "callbacks.online_probe=null", "seed=0", f"hydra.sweep.dir={sweep}"]
+    args = [
+        sys.executable,
+        "-m",
+        "mae_zoo.train",
+        "-m",
+        "hydra/launcher=slurm",
+        *TINY,
+        "data.num_train=160",
+        "data.num_val=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "trainer.max_epochs=-1",
+        f"trainer.max_steps={max_steps}",
+        "trainer.limit_val_batches=1",
+        "callbacks.model_checkpoint.every_n_train_steps=2",
+        "callbacks.reconstructions=null",
+        "callbacks.online_probe=null",
+        "seed=0",
+        f"hydra.sweep.dir={sweep}",
+    ]
     t0 = time.time()
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = sweep / "0"
@@ -265,8 +363,11 @@ def test_preempted_job_is_requeued_and_resumes_at_its_step(tmp_path):
         while time.time() < deadline and proc.poll() is None:
             if last.is_file() and _ckpt_step(last) >= 4:
                 first = json.loads((run / "slurm.jsonl").read_text().splitlines()[0])
-                job = (f"{first['slurm_array_job_id']}_{first['slurm_array_task_id']}" if "slurm_array_job_id" in first
-                       else first["slurm_job_id"])  # a 1-job sweep goes out as a plain job, not an array
+                job = (
+                    f"{first['slurm_array_job_id']}_{first['slurm_array_task_id']}"
+                    if "slurm_array_job_id" in first
+                    else first["slurm_job_id"]
+                )  # a 1-job sweep goes out as a plain job, not an array
                 subprocess.run(["scancel", "--signal=USR1", job], check=True, timeout=30)
                 signalled = _ckpt_step(last)
                 break
@@ -311,11 +412,17 @@ class MaskRecorder(pl.Callback):
         pl_module.forward = recording_forward  # type: ignore[method-assign]
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "masks": self.masks,
-                    "effective_batch": pl_module.schedule_info["effective_batch"],
-                    "strategy": type(trainer.strategy).__name__,
-                    "cluster": type(trainer.strategy.cluster_environment).__name__},
-                   Path(trainer.default_root_dir) / f"masks_rank{trainer.global_rank}.pt")
+        torch.save(
+            {
+                "rank": trainer.global_rank,
+                "world_size": trainer.world_size,
+                "masks": self.masks,
+                "effective_batch": pl_module.schedule_info["effective_batch"],
+                "strategy": type(trainer.strategy).__name__,
+                "cluster": type(trainer.strategy.cluster_environment).__name__,
+            },
+            Path(trainer.default_root_dir) / f"masks_rank{trainer.global_rank}.pt",
+        )
 
 
 @slurm
@@ -327,11 +434,30 @@ def test_two_rank_ddp_under_srun_draws_different_masks(tmp_path):
     script = tmp_path / "ddp.sh"
     logs = tmp_path / "runs"
     t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", "mae_zoo.slurm", "--submit", "--output", str(script), "debug=smoke",
-                          *TINY, "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp",
-                          "callbacks.online_probe=null", "callbacks.reconstructions=null", f"paths.log_dir={logs}",
-                          "+callbacks.mask_recorder._target_=tests.test_slurm.MaskRecorder"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=_env())  # sbatch passes env on
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mae_zoo.slurm",
+            "--submit",
+            "--output",
+            str(script),
+            "debug=smoke",
+            *TINY,
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "strategy=ddp",
+            "callbacks.online_probe=null",
+            "callbacks.reconstructions=null",
+            f"paths.log_dir={logs}",
+            "+callbacks.mask_recorder._target_=tests.test_slurm.MaskRecorder",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )  # sbatch passes env on
     assert res.returncode == 0, res.stderr[-2000:]
     assert "#SBATCH --ntasks-per-node=2" in script.read_text()
     job = res.stdout.strip().split(";")[0]

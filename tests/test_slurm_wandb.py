@@ -1,6 +1,7 @@
 """W&B for sweeps, offline (no network): each job of a multirun gets its own run, closed at the end, grouped
 by the sweep and tagged with its overrides; the run files hold the logged scalars, the resolved config,
 reconstruction pictures and the final metrics table. Runs with the basic launcher, so no cluster needed."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ def wandb_records(path: Path):
         if 32768 - pos % 32768 < 7:
             pos += 32768 - pos % 32768
             continue
-        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk = data[pos + 7:pos + 7 + n]
+        _, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + n]
         pos += 7 + n
         payload = None
         if kind == 1:
@@ -51,8 +52,9 @@ def _read_run(run_dir: Path) -> dict:
     for rec in records:
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                   for item in rec.history.item})
+            out["history"].append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+            )
         elif kind == "config":
             for item in rec.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
@@ -69,9 +71,26 @@ def test_wandb_offline_multirun_jobs_are_grouped_closed_and_complete(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_API_KEY", None)
-    res = subprocess.run([sys.executable, "-m", "mae_zoo.train", "-m", "debug=smoke", "model=vit_micro",
-                          "print_config=false", "logger=wandb", "callbacks.progress_bar=null", "seed=0,1",
-                          f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mae_zoo.train",
+            "-m",
+            "debug=smoke",
+            "model=vit_micro",
+            "print_config=false",
+            "logger=wandb",
+            "callbacks.progress_bar=null",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ids = []
     for job, seed in (("0", 0), ("1", 1)):
@@ -99,6 +118,11 @@ def test_wandb_offline_multirun_jobs_are_grouped_closed_and_complete(tmp_path):
         assert values["trainer/global_step"] == 4
         assert values["val/loss"] == pytest.approx(json.loads((sweep / job / "metrics.json").read_text())["val/loss"])
     assert ids[0] != ids[1]
-    sync = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(next((sweep / "0" / "wandb").glob(
-        "offline-run-*")))], env=env, capture_output=True, text=True, timeout=120)
+    sync = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", str(next((sweep / "0" / "wandb").glob("offline-run-*")))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert sync.returncode == 0, sync.stderr[-2000:]  # what `wandb sync` would upload, checked offline

@@ -1,6 +1,7 @@
 """A new modality is one module plus one YAML: a toy 1-D modality (tests/toy_sequence.py and
 tests/toy_conf/modality/sequence.yaml), written against the public hooks only, trains through the
 CLI with debug=smoke, and its checkpoint reloads and evaluates like any other."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ TOY_CONF = ROOT / "tests" / "toy_conf"
 
 def test_toy_modality_trains_from_the_cli_and_reloads(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    result = run_cli(f"hydra.searchpath=[file://{TOY_CONF}]", "modality=sequence", "debug=smoke",
-                     "print_config=false", f"hydra.run.dir={run_dir}")
+    result = run_cli(
+        f"hydra.searchpath=[file://{TOY_CONF}]",
+        "modality=sequence",
+        "debug=smoke",
+        "print_config=false",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 4 and torch.isfinite(torch.tensor(metrics["train/loss"]))

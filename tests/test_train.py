@@ -1,4 +1,5 @@
 """End to end: the CLI, multirun, kill-and-resume, DDP on CPU, every preset, and start-up errors."""
+
 import csv
 import json
 import os
@@ -60,10 +61,21 @@ def _ckpt_step(path: Path) -> int:
 @pytest.mark.slow
 def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
     run = tmp_path / "resumable"
-    args = [sys.executable, "-m", "mae_zoo.train", "model=vit_micro", "print_config=false",
-            "data.num_train=640", "data.num_val=64", "data.batch_size=32", "data.num_workers=0",
-            "trainer.max_epochs=-1", "trainer.max_steps=200", "callbacks.model_checkpoint.every_n_train_steps=5",
-            f"hydra.run.dir={run}"]
+    args = [
+        sys.executable,
+        "-m",
+        "mae_zoo.train",
+        "model=vit_micro",
+        "print_config=false",
+        "data.num_train=640",
+        "data.num_val=64",
+        "data.batch_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=200",
+        "callbacks.model_checkpoint.every_n_train_steps=5",
+        f"hydra.run.dir={run}",
+    ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
@@ -91,8 +103,9 @@ def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_spawn_two_cpu_processes(make_cfg):
-    cfg = make_cfg("trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp_spawn", "logger=none",
-                   "callbacks=none")
+    cfg = make_cfg(
+        "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp_spawn", "logger=none", "callbacks=none"
+    )
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 4
     assert metrics["optim/effective_batch"] == 2 * cfg.data.batch_size  # LR scaled by the world size
@@ -100,8 +113,15 @@ def test_ddp_spawn_two_cpu_processes(make_cfg):
 
 
 def test_multirun_with_local_ddp_is_refused(tmp_path):
-    res = run_cli("-m", "seed=0,1", "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp", *FAST,
-                  f"hydra.sweep.dir={tmp_path}")
+    res = run_cli(
+        "-m",
+        "seed=0,1",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "strategy=ddp",
+        *FAST,
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert res.returncode != 0
     assert "multirun" in res.stderr and "ddp_spawn" in res.stderr
 
@@ -110,8 +130,22 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group", ["data", "model", "mask", "strategy", "trainer", "callbacks", "logger",
-                                   "debug", "teacher", "modality", "experiment"])
+@pytest.mark.parametrize(
+    "group",
+    [
+        "data",
+        "model",
+        "mask",
+        "strategy",
+        "trainer",
+        "callbacks",
+        "logger",
+        "debug",
+        "teacher",
+        "modality",
+        "experiment",
+    ],
+)
 def test_every_preset_composes(group, tmp_path):
     for option in _options(group):
         cfg = compose_cfg([f"{group}={option}"], tmp_path)
@@ -131,7 +165,7 @@ def test_experiment_presets_build(experiment, tmp_path):
     folder = Path(root) / cfg.data.get("name", "") if root else None  # graph sets: <root>/<name>/raw
     if folder and not folder.exists():
         pytest.skip(f"{folder} not available")
-    module, datamodule, trainer = build(cfg)
+    module, _datamodule, _trainer = build(cfg)
     assert module.layout.num_tokens > 0
 
 

@@ -1,5 +1,6 @@
 """VideoMAE: mask properties (tube, running cell), tokens, target, positions, config errors, and
 CLI smoke runs on the embedded moving shapes (V1 tube / random, V2 running cell)."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.types import Layout
@@ -20,8 +20,16 @@ from mae_zoo.objectives import TubeNormalizedMSE
 from mae_zoo.train import build, train
 from tests.conftest import compose_cfg, run_cli
 
-VIDEO_FAST = ["modality=video", "model=videomae_micro", "debug=smoke", "print_config=false", "logger=csv",
-              "data.num_train=64", "data.num_val=32", "data.num_frames=8"]
+VIDEO_FAST = [
+    "modality=video",
+    "model=videomae_micro",
+    "debug=smoke",
+    "print_config=false",
+    "logger=csv",
+    "data.num_train=64",
+    "data.num_val=32",
+    "data.num_frames=8",
+]
 LAYOUT = Layout("grid", ("t", "h", "w"), (8, 14, 14))
 
 
@@ -80,7 +88,7 @@ def test_running_cell_config_errors() -> None:
 
 def test_image_masks_on_video_fail_at_start_up_listing_those_that_fit(tmp_path) -> None:
     for mask in ("block", "colored_noise"):
-        cfg = compose_cfg(VIDEO_FAST + [f"mask={mask}"], tmp_path / mask)
+        cfg = compose_cfg([*VIDEO_FAST, f"mask={mask}"], tmp_path / mask)
         with pytest.raises(ConfigError, match=r"grid:t,h,w.*fit this modality: \['random', 'tube'\]"):
             build(cfg)
     # The decoder mask is shared by every modality; the running cell needs a time axis.
@@ -91,10 +99,18 @@ def test_image_masks_on_video_fail_at_start_up_listing_those_that_fit(tmp_path) 
 
 # ------------------------------------------------------------------------------------------ tokens and target
 def small_model(**kwargs) -> VideoMAE:
-    args = dict(encoder={"embed_dim": 32, "depth": 1, "num_heads": 2}, decoder={"embed_dim": 16, "depth": 1, "num_heads": 2},
-                mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": 0.75}, optim={"blr": 1e-3, "weight_decay": 0.05},
-                num_frames=4, img_size=16, patch_size=4, tubelet_size=2,
-                pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225])
+    args = dict(
+        encoder={"embed_dim": 32, "depth": 1, "num_heads": 2},
+        decoder={"embed_dim": 16, "depth": 1, "num_heads": 2},
+        mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": 0.75},
+        optim={"blr": 1e-3, "weight_decay": 0.05},
+        num_frames=4,
+        img_size=16,
+        patch_size=4,
+        tubelet_size=2,
+        pixel_mean=[0.485, 0.456, 0.406],
+        pixel_std=[0.229, 0.224, 0.225],
+    )
     return VideoMAE(**{**args, **kwargs})
 
 
@@ -154,7 +170,9 @@ def test_config_errors_name_valid_values() -> None:
 @pytest.mark.parametrize("extra", [["mask=random"], ["decoder_mask=running_cell"]])
 def test_train_smoke_in_process(tmp_path, extra: list[str]) -> None:
     metrics = train(compose_cfg(VIDEO_FAST + extra, tmp_path / "run"))
-    assert metrics["trainer/global_step"] == 4 and np.isfinite(metrics["train/loss"]) and np.isfinite(metrics["val/loss"])
+    assert (
+        metrics["trainer/global_step"] == 4 and np.isfinite(metrics["train/loss"]) and np.isfinite(metrics["val/loss"])
+    )
     expected_ratio = 0.75 if extra == ["mask=random"] else 0.875  # conf/mask/random: 0.75; tube: int(0.9*16)/16
     assert metrics["train/mask_ratio"] == pytest.approx(expected_ratio, abs=0.01)
     config = (tmp_path / "run" / "config.yaml").read_text()

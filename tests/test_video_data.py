@@ -1,6 +1,7 @@
 """Video data: PyAV clip decoding on the shared Blender clips, sampling and augmentation rules,
 list files, repeated sampling, the embedded moving shapes, and skipping unreadable files (also
 end to end in a training run)."""
+
 from __future__ import annotations
 
 import json
@@ -9,11 +10,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.moving_shapes import make_moving_shapes
-from torch.utils.data import DataLoader
-
 from mae_zoo.data.video import VideoDataModule, collate_clips, multi_scale_crop_box, read_list
 from mae_zoo.data.video_io import UnreadableVideo, clip_indices, decode_frames, probe
 from mae_zoo.train import train
@@ -77,8 +77,18 @@ def test_folder_datamodule_repeated_sampling_and_skipping(tmp_path) -> None:
     for name in ("bbb_000.mp4", "bbb_002.mp4", "tos_004.mp4"):
         shutil.copy(needs_shared(*CLIPS, name), tmp_path / name)
     make_broken_files(tmp_path)
-    dm = VideoDataModule(dataset="folder", root=str(tmp_path), val_fraction=0.0, num_frames=4, sampling_rate=3,
-                         image_size=32, short_side=40, num_sample=2, batch_size=5, num_workers=0)
+    dm = VideoDataModule(
+        dataset="folder",
+        root=str(tmp_path),
+        val_fraction=0.0,
+        num_frames=4,
+        sampling_rate=3,
+        image_size=32,
+        short_side=40,
+        num_sample=2,
+        batch_size=5,
+        num_workers=0,
+    )
     dm.setup("fit")
     clips, labels = next(iter(dm.train_dataloader()))
     # 5 files per batch, 2 unreadable -> 3 decoded videos x 2 clips each.
@@ -94,13 +104,24 @@ def test_list_files_and_class_folders(tmp_path) -> None:
     (tmp_path / "train.txt").write_text("a/bbb_000.mp4 0\nb/tos_002.mp4 1\n\n")
     (tmp_path / "val.csv").write_text("path,label\nb/tos_002.mp4,1\n")
     assert read_list(tmp_path / "train.txt", tmp_path / "vids")[1] == (str(tmp_path / "vids/b/tos_002.mp4"), 1)
-    dm = VideoDataModule(dataset="list", root=str(tmp_path / "vids"), train_list=str(tmp_path / "train.txt"),
-                         val_list=str(tmp_path / "val.csv"), num_frames=2, sampling_rate=2, image_size=16,
-                         short_side=20, batch_size=2, num_workers=0)
+    dm = VideoDataModule(
+        dataset="list",
+        root=str(tmp_path / "vids"),
+        train_list=str(tmp_path / "train.txt"),
+        val_list=str(tmp_path / "val.csv"),
+        num_frames=2,
+        sampling_rate=2,
+        image_size=16,
+        short_side=20,
+        batch_size=2,
+        num_workers=0,
+    )
     dm.setup("fit")
     clips, labels = next(iter(dm.val_dataloader()))
     assert clips.shape == (1, 3, 2, 16, 16) and labels.tolist() == [1]
-    folder = VideoDataModule(dataset="folder", root=str(tmp_path / "vids"), val_fraction=0.5, image_size=16, num_workers=0)
+    folder = VideoDataModule(
+        dataset="folder", root=str(tmp_path / "vids"), val_fraction=0.5, image_size=16, num_workers=0
+    )
     folder.setup("fit")
     assert folder.num_classes == 2 and folder.classes == ["a", "b"]
     with pytest.raises(ConfigError, match="train_list"):
@@ -139,11 +160,31 @@ def test_training_run_on_shared_clips_skips_a_corrupt_file(tmp_path, masks: list
     for name in ("bbb_000.mp4", "bbb_005.mp4", "tos_006.mp4", "tos_009.mp4"):
         shutil.copy(needs_shared(*CLIPS, name), folder / name)
     make_broken_files(folder)
-    cfg = compose_cfg(["modality=video", "model=videomae_micro", "debug=smoke", "print_config=false", "logger=csv",
-                       "data=video_folder", f"data.root={folder}", "data.image_size=32", "data.short_side=36",
-                       "data.num_frames=4", "data.sampling_rate=4", "data.num_sample=2", "data.batch_size=3",
-                       "data.val_fraction=0.34", "data.num_workers=0", *masks], tmp_path / "run")
+    cfg = compose_cfg(
+        [
+            "modality=video",
+            "model=videomae_micro",
+            "debug=smoke",
+            "print_config=false",
+            "logger=csv",
+            "data=video_folder",
+            f"data.root={folder}",
+            "data.image_size=32",
+            "data.short_side=36",
+            "data.num_frames=4",
+            "data.sampling_rate=4",
+            "data.num_sample=2",
+            "data.batch_size=3",
+            "data.val_fraction=0.34",
+            "data.num_workers=0",
+            *masks,
+        ],
+        tmp_path / "run",
+    )
     metrics = train(cfg)
     assert metrics["trainer/global_step"] >= 1 and np.isfinite(metrics["train/loss"])
     assert metrics["data/skipped_files"] >= 2  # both broken files were met (train and/or val) and skipped
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data/skipped_files"] == metrics["data/skipped_files"]
+    assert (
+        json.loads((tmp_path / "run" / "metrics.json").read_text())["data/skipped_files"]
+        == metrics["data/skipped_files"]
+    )

@@ -5,6 +5,7 @@ Weights are perturbed away from the init (zero biases, unit LayerNorms) so a map
 or dropped a tensor could not pass by accident. VideoMAE V2's dual masking has no HF class; it is
 checked against a reference assembled from HF's own modules following the official V2 forward.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -50,11 +51,21 @@ def perturb(module: torch.nn.Module, seed: int) -> None:
 
 def make_ours(norm_pix_loss: bool = True, seed: int = 0, decoder_mask: dict | None = None) -> VideoMAE:
     torch.manual_seed(seed)
-    model = VideoMAE(encoder=dict(ENCODER), decoder=dict(DECODER), mask=dict(TUBE), optim=dict(OPTIM),
-                     decoder_mask=decoder_mask, num_frames=FRAMES, img_size=IMG, in_chans=CHANS,
-                     patch_size=PATCH, tubelet_size=TUBELET,
-                     objective=TubeNormalizedMSE.spec(channels=CHANS, norm_pix_loss=norm_pix_loss),
-                     pixel_mean=IMAGENET[0], pixel_std=IMAGENET[1])
+    model = VideoMAE(
+        encoder=dict(ENCODER),
+        decoder=dict(DECODER),
+        mask=dict(TUBE),
+        optim=dict(OPTIM),
+        decoder_mask=decoder_mask,
+        num_frames=FRAMES,
+        img_size=IMG,
+        in_chans=CHANS,
+        patch_size=PATCH,
+        tubelet_size=TUBELET,
+        objective=TubeNormalizedMSE.spec(channels=CHANS, norm_pix_loss=norm_pix_loss),
+        pixel_mean=IMAGENET[0],
+        pixel_std=IMAGENET[1],
+    )
     perturb(model, seed)
     return model.eval()
 
@@ -121,10 +132,22 @@ def test_decoder_norm_eps_is_the_only_gap() -> None:
 def test_hf_to_ours_same_predictions_and_loss() -> None:
     torch.manual_seed(5)
     config = transformers.VideoMAEConfig(
-        image_size=IMG, patch_size=PATCH, num_channels=CHANS, num_frames=FRAMES, tubelet_size=TUBELET,
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=96,
-        decoder_hidden_size=24, decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-        decoder_intermediate_size=48, layer_norm_eps=1e-6, use_mean_pooling=False, norm_pix_loss=True,
+        image_size=IMG,
+        patch_size=PATCH,
+        num_channels=CHANS,
+        num_frames=FRAMES,
+        tubelet_size=TUBELET,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        decoder_hidden_size=24,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=48,
+        layer_norm_eps=1e-6,
+        use_mean_pooling=False,
+        norm_pix_loss=True,
     )
     hf = transformers.VideoMAEForPreTraining(config).eval()
     perturb(hf, 5)
@@ -138,7 +161,9 @@ def test_hf_to_ours_same_predictions_and_loss() -> None:
         videomae_kwargs_from_hf_config(transformers.VideoMAEConfig(use_mean_pooling=True))
 
 
-def hf_v2_reference(hf, videos: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hf_v2_reference(
+    hf, videos: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """VideoMAE V2's forward and loss (official ``modeling_pretrain`` / ``engine_for_pretraining``)
     assembled from HF's modules: mask tokens at every decoder-kept position, loss averaged over
     kept positions that are also encoder-hidden."""

@@ -1,5 +1,6 @@
 """VideoMAE weights in and out: official VideoMAE / V2 pre-training ``.pth`` files and HF
 ``VideoMAEForPreTraining`` directories through ``mae_zoo.load``, and ``mae_zoo.export format=hf``."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,15 @@ def same_outputs(a, b, decoder: bool = False) -> None:
 
 def test_official_v2_checkpoint_loads_with_its_args(tmp_path) -> None:
     model = trained_like(decoder_mask={"_target_": "mae_zoo.masks.running_cell.RunningCellMask", "ratio": 0.5})
-    args = argparse.Namespace(num_frames=4, input_size=16, mask_ratio=0.75, decoder_mask_type="run_cell",
-                              decoder_mask_ratio=0.5, normlize_target=True, model="pretrain_videomae_small_patch16_224")
+    args = argparse.Namespace(
+        num_frames=4,
+        input_size=16,
+        mask_ratio=0.75,
+        decoder_mask_type="run_cell",
+        decoder_mask_ratio=0.5,
+        normlize_target=True,
+        model="pretrain_videomae_small_patch16_224",
+    )
     path = tmp_path / "checkpoint-799.pth"
     torch.save({"model": mae_zoo_to_official(model.state_dict()), "args": args, "epoch": 799}, path)
     with pytest.warns(UserWarning, match="official VideoMAE"):
@@ -59,11 +67,19 @@ def test_official_v2_checkpoint_loads_with_its_args(tmp_path) -> None:
 def test_export_hf_and_load_back(tmp_path) -> None:
     model = trained_like()
     ckpt = tmp_path / "model.ckpt"
-    torch.save({"mae_zoo": {"class": "mae_zoo.modalities.video.VideoMAE", "layout": "grid:t,h,w"},
-                "hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}, ckpt)
+    torch.save(
+        {
+            "mae_zoo": {"class": "mae_zoo.modalities.video.VideoMAE", "layout": "grid:t,h,w"},
+            "hyper_parameters": dict(model.hparams),
+            "state_dict": model.state_dict(),
+        },
+        ckpt,
+    )
     out = tmp_path / "hf"
     manifest = export(compose_cfg([f"ckpt={ckpt}", "format=hf"], out, config_name="export"))
-    assert "config.json" in manifest["files"] and json.loads((out / "config.json").read_text())["model_type"] == "videomae"
+    assert (
+        "config.json" in manifest["files"] and json.loads((out / "config.json").read_text())["model_type"] == "videomae"
+    )
     loaded = api.load(out)
     assert loaded.load_info.format == "hf_videomae"
     same_outputs(model, loaded)

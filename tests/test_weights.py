@@ -4,6 +4,7 @@ Every test perturbs the weights away from MAE's structured init (zero biases, un
 mapping that swapped or dropped a tensor cannot pass by accident, and compares outputs for the
 same explicit mask.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,16 @@ def perturb(module: torch.nn.Module, seed: int) -> None:
 
 def make_model(seed: int = 0, norm_pix_loss: bool = True, **overrides) -> ImageMAE:
     torch.manual_seed(seed)
-    kwargs = dict(encoder=dict(ENC), decoder=dict(DEC), mask=dict(MASK), optim=dict(OPTIM), img_size=IMG,
-                  in_chans=CHANS, patch_size=PATCH, objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss))
+    kwargs = dict(
+        encoder=dict(ENC),
+        decoder=dict(DEC),
+        mask=dict(MASK),
+        optim=dict(OPTIM),
+        img_size=IMG,
+        in_chans=CHANS,
+        patch_size=PATCH,
+        objective=MaskedMSE.spec(norm_pix_loss=norm_pix_loss),
+    )
     model = ImageMAE(**{**kwargs, **overrides})
     perturb(model, seed)
     return model.eval()
@@ -107,7 +116,7 @@ def official_state_dict(model: ImageMAE, encoder_only: bool = False) -> dict[str
             out[OURS_TO_OFFICIAL_TOP[key]] = value.clone()
             continue
         prefix = next(p for p in OURS_TO_OFFICIAL_PREFIX if key.startswith(p))
-        out[OURS_TO_OFFICIAL_PREFIX[prefix] + key[len(prefix):]] = value.clone()
+        out[OURS_TO_OFFICIAL_PREFIX[prefix] + key[len(prefix) :]] = value.clone()
     return out
 
 
@@ -140,8 +149,15 @@ def test_official_pretrain_pth_loads_with_weights_only(tmp_path: Path) -> None:
     model = make_model(norm_pix_loss=False)
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)
     path = tmp_path / "checkpoint-799.pth"
-    torch.save({"model": official_state_dict(model), "optimizer": sgd.state_dict(), "epoch": 799,
-                "args": official_args(norm_pix_loss=False, mask_ratio=0.75)}, path)
+    torch.save(
+        {
+            "model": official_state_dict(model),
+            "optimizer": sgd.state_dict(),
+            "epoch": 799,
+            "args": official_args(norm_pix_loss=False, mask_ratio=0.75),
+        },
+        path,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # nothing to warn about: every choice was given or recorded
         loaded = mae_zoo.load(path, num_heads=4, decoder_num_heads=2)
@@ -165,12 +181,23 @@ class Payload:
 
 def test_official_heads_inference() -> None:
     meta = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731 - shapes only
-    sd = {"cls_token": meta(1, 1, 768), "pos_embed": meta(1, 197, 768), "patch_embed.proj.weight": meta(768, 3, 16, 16),
-          "blocks.0.mlp.fc1.weight": meta(3072, 768), "blocks.0.attn.qkv.bias": meta(2304)}
+    sd = {
+        "cls_token": meta(1, 1, 768),
+        "pos_embed": meta(1, 197, 768),
+        "patch_embed.proj.weight": meta(768, 3, 16, 16),
+        "blocks.0.mlp.fc1.weight": meta(3072, 768),
+        "blocks.0.attn.qkv.bias": meta(2304),
+    }
     arch = infer_architecture(sd)
     assert arch.kwargs["encoder"]["num_heads"] == 12 and arch.kwargs["img_size"] == 224
-    assert arch.kwargs["decoder"] == {"embed_dim": 512, "depth": 8, "num_heads": 16, "mlp_ratio": 4.0,
-                                      "qkv_bias": True, "norm_eps": 1e-6}
+    assert arch.kwargs["decoder"] == {
+        "embed_dim": 512,
+        "depth": 8,
+        "num_heads": 16,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "norm_eps": 1e-6,
+    }
     assert "encoder num_heads=12 (standard width 768)" in arch.choices
     arch = infer_architecture(sd, args=official_args(model="mae_vit_base_patch16"))
     assert "encoder num_heads=12 (model name 'mae_vit_base_patch16' in the checkpoint's args)" in arch.choices
@@ -179,8 +206,13 @@ def test_official_heads_inference() -> None:
         infer_architecture(sd, args=official_args(model="vit_large_patch16"))
     with pytest.raises(ConfigError, match="does not divide"):
         infer_architecture(sd, num_heads=7)
-    narrow = {**sd, "cls_token": meta(1, 1, 96), "pos_embed": meta(1, 197, 96), "patch_embed.proj.weight": meta(96, 3, 16, 16),
-              "blocks.0.mlp.fc1.weight": meta(384, 96)}
+    narrow = {
+        **sd,
+        "cls_token": meta(1, 1, 96),
+        "pos_embed": meta(1, 197, 96),
+        "patch_embed.proj.weight": meta(96, 3, 16, 16),
+        "blocks.0.mlp.fc1.weight": meta(384, 96),
+    }
     with pytest.raises(ConfigError, match="pass num_heads"):
         infer_architecture(narrow)
 
@@ -197,7 +229,7 @@ def test_official_finetuned_pth_keeps_head_and_leaves_decoder_fresh(tmp_path: Pa
     info = loaded.load_info
     decoder_keys = sorted(k for k in loaded.state_dict() if k.startswith("decoder."))
     assert info.kind == "finetune"
-    assert info.not_in_file == sorted(decoder_keys + ["encoder.norm.bias", "encoder.norm.weight"])
+    assert info.not_in_file == sorted([*decoder_keys, "encoder.norm.bias", "encoder.norm.weight"])
     assert sorted(info.extra) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert all(torch.equal(info.extra[k], sd[k]) for k in info.extra)
     # Encoder filled, decoder the official default shape (512 wide, 8 blocks, 16 heads), fresh.
@@ -210,8 +242,17 @@ def test_official_finetuned_pth_keeps_head_and_leaves_decoder_fresh(tmp_path: Pa
 
     # The kept head works: our encoder blocks + the file's fc_norm/head give the logits of the
     # official fine-tuned architecture (timm ViT, global average pool, fc_norm), loaded directly.
-    reference = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=IMG, patch_size=PATCH,
-                                  embed_dim=64, depth=2, num_heads=4, global_pool="avg", num_classes=5).eval()
+    reference = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=IMG,
+        patch_size=PATCH,
+        embed_dim=64,
+        depth=2,
+        num_heads=4,
+        global_pool="avg",
+        num_classes=5,
+    ).eval()
     reference.load_state_dict(sd, strict=True)
     images, _, _ = inputs(3)
     enc = loaded.encoder
@@ -284,12 +325,22 @@ def test_mae_zoo_to_hf_dir_and_back_is_identical(tmp_path: Path) -> None:
     assert_same_outputs(model, loaded, seed=7)
 
 
-def _hf_model(seed: int, norm_pix_loss: bool = True) -> "transformers.ViTMAEForPreTraining":
+def _hf_model(seed: int, norm_pix_loss: bool = True) -> transformers.ViTMAEForPreTraining:
     torch.manual_seed(seed)
     config = transformers.ViTMAEConfig(
-        image_size=IMG, patch_size=PATCH, num_channels=CHANS, hidden_size=48, num_hidden_layers=2,
-        num_attention_heads=3, intermediate_size=96, decoder_hidden_size=32, decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=4, decoder_intermediate_size=128, layer_norm_eps=1e-6, mask_ratio=0.75,
+        image_size=IMG,
+        patch_size=PATCH,
+        num_channels=CHANS,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=96,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=128,
+        layer_norm_eps=1e-6,
+        mask_ratio=0.75,
         norm_pix_loss=norm_pix_loss,
     )
     hf = transformers.ViTMAEForPreTraining(config).eval()
@@ -366,8 +417,14 @@ def test_timm_export_rebuilds_with_strict_load_and_same_features(tmp_path: Path)
 
 
 def test_timm_names_for_standard_sizes() -> None:
-    model = ImageMAE(encoder={"embed_dim": 192, "depth": 12, "num_heads": 3}, decoder=dict(DEC), mask=dict(MASK),
-                     optim=dict(OPTIM), img_size=32, patch_size=16)
+    model = ImageMAE(
+        encoder={"embed_dim": 192, "depth": 12, "num_heads": 3},
+        decoder=dict(DEC),
+        mask=dict(MASK),
+        optim=dict(OPTIM),
+        img_size=32,
+        patch_size=16,
+    )
     spec = timm_spec(model)
     assert spec["model_name"] == "vit_tiny_patch16_224" and spec["model_args"]["img_size"] == 32
     assert timm_spec(make_model())["model_name"] == "vit_base_patch16_224"  # template + explicit sizes
@@ -378,8 +435,14 @@ def test_timm_names_for_standard_sizes() -> None:
 # ------------------------------------------------------------------------------ CLI
 def _mae_zoo_ckpt(tmp_path: Path, model: ImageMAE) -> Path:
     path = tmp_path / "model.ckpt"
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                "mae_zoo": {"class": "mae_zoo.modalities.image.ImageMAE"}}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "mae_zoo": {"class": "mae_zoo.modalities.image.ImageMAE"},
+        },
+        path,
+    )
     return path
 
 
@@ -398,8 +461,9 @@ def test_export_function_hf_from_official_pth(tmp_path: Path) -> None:
 
     model = make_model(seed=13)
     torch.save({"model": official_state_dict(model)}, tmp_path / "official.pth")
-    cfg = _export_cfg(tmp_path / "run", f"ckpt={tmp_path / 'official.pth'}", "format=hf", "num_heads=4",
-                      "decoder_num_heads=2")
+    cfg = _export_cfg(
+        tmp_path / "run", f"ckpt={tmp_path / 'official.pth'}", "format=hf", "num_heads=4", "decoder_num_heads=2"
+    )
     manifest = export(cfg)
     assert manifest["source_format"] == "official_mae" and manifest["not_in_source"] == []
     assert json.loads((tmp_path / "run" / "export.json").read_text())["format"] == "hf"
@@ -409,13 +473,17 @@ def test_export_function_hf_from_official_pth(tmp_path: Path) -> None:
 
 
 def test_export_cli_timm(tmp_path: Path) -> None:
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     model = make_model(seed=15)
     ckpt = _mae_zoo_ckpt(tmp_path, model)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
     run = subprocess.run(
         [sys.executable, "-m", "mae_zoo.export", f"ckpt={ckpt}", "format=timm", f"hydra.run.dir={tmp_path / 'out'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     run_dir = Path(run.stdout.strip().splitlines()[-1])
@@ -433,7 +501,14 @@ def test_export_cli_timm(tmp_path: Path) -> None:
 
     bad = subprocess.run(
         [sys.executable, "-m", "mae_zoo.export", f"ckpt={ckpt}", "format=onnx", f"hydra.run.dir={tmp_path / 'bad'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1] == "mae_zoo: configuration error: format=onnx is unknown; valid: ['timm', 'hf']"
+    assert (
+        bad.stderr.strip().splitlines()[-1]
+        == "mae_zoo: configuration error: format=onnx is unknown; valid: ['timm', 'hf']"
+    )

@@ -4,6 +4,7 @@ It is the worked example of CONTRIBUTING.md: one module (this file: the DataModu
 LightningModule) plus one YAML (``tests/toy_conf/modality/sequence.yaml``), trained by
 ``tests/test_toy_modality.py`` through the CLI with ``debug=smoke``.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,16 @@ from mae_zoo.objectives import MaskedMSE
 class SineWaves(MAEDataModule):
     """Noisy sines whose frequency is the label: (B, length) signals, ``num_classes`` classes."""
 
-    def __init__(self, length: int = 64, num_classes: int = 4, num_train: int = 256, num_val: int = 64,
-                 batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        length: int = 64,
+        num_classes: int = 4,
+        num_train: int = 256,
+        num_val: int = 64,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
 
@@ -71,8 +80,15 @@ class SequenceMAE(MaskedAutoencoder):
     datamodule_class = f"{__name__}.SineWaves"
     embed_pools = ("cls", "mean")
 
-    def __init__(self, encoder: dict, decoder: dict, length: int = 64, patch_size: int = 4,
-                 embed_pool: str = "mean", **shared: Any) -> None:
+    def __init__(
+        self,
+        encoder: dict,
+        decoder: dict,
+        length: int = 64,
+        patch_size: int = 4,
+        embed_pool: str = "mean",
+        **shared: Any,
+    ) -> None:
         super().__init__(**shared)
         self.embed_pool = self.check_embed_pool(embed_pool)
         self.patch_size = patch_size

@@ -17,6 +17,7 @@ Needs a checkout of the official ``pyg`` branch (not a dependency of mae_zoo; ru
 The official package imports ``ogb`` and ``tensorboardX`` at module level; if they are not installed,
 pass ``--stub-missing`` to put empty stand-ins on the path (neither is used on these code paths).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,33 @@ import torch
 
 # configs.yml, with in_drop / attn_drop 0 so that both forward passes are deterministic.
 SETTINGS = {
-    "MUTAG": dict(encoder=dict(kind="gin", hidden=32, layers=5, heads=1), decoder=dict(kind="gin"),
-                  norm="batchnorm", mask=0.75, replace=0.1, alpha=2.0, pooling="sum"),
-    "Cora": dict(encoder=dict(kind="gat", hidden=512, layers=2, heads=4), decoder=dict(kind="gat", heads=1),
-                 norm=None, mask=0.5, replace=0.05, alpha=3.0, pooling=None),
-    "CiteSeer": dict(encoder=dict(kind="gat", hidden=512, layers=2, heads=2), decoder=dict(kind="gat", heads=1),
-                     norm=None, mask=0.5, replace=0.1, alpha=1.0, pooling=None),
+    "MUTAG": dict(
+        encoder=dict(kind="gin", hidden=32, layers=5, heads=1),
+        decoder=dict(kind="gin"),
+        norm="batchnorm",
+        mask=0.75,
+        replace=0.1,
+        alpha=2.0,
+        pooling="sum",
+    ),
+    "Cora": dict(
+        encoder=dict(kind="gat", hidden=512, layers=2, heads=4),
+        decoder=dict(kind="gat", heads=1),
+        norm=None,
+        mask=0.5,
+        replace=0.05,
+        alpha=3.0,
+        pooling=None,
+    ),
+    "CiteSeer": dict(
+        encoder=dict(kind="gat", hidden=512, layers=2, heads=2),
+        decoder=dict(kind="gat", heads=1),
+        norm=None,
+        mask=0.5,
+        replace=0.1,
+        alpha=1.0,
+        pooling=None,
+    ),
 }
 # Official parameters with no counterpart: GAT keeps an activation module it never calls, and
 # lin_dst is the same tensor as lin_src for one-sided input.
@@ -45,8 +67,11 @@ OFFICIAL_ONLY = re.compile(r"^(encoder|decoder)\.activation\.|\.lin_dst\.")
 
 def stub_missing_modules() -> None:
     """Empty stand-ins for the official code's module-level imports that these paths never use."""
-    for name, attrs in (("ogb", {}), ("ogb.nodeproppred", {"PygNodePropPredDataset": object}),
-                        ("tensorboardX", {"SummaryWriter": object})):
+    for name, attrs in (
+        ("ogb", {}),
+        ("ogb.nodeproppred", {"PygNodePropPredDataset": object}),
+        ("tensorboardX", {"SummaryWriter": object}),
+    ):
         try:
             __import__(name)
         except ImportError:
@@ -112,11 +137,27 @@ def main() -> None:
     graphs = load_graphs(args.dataset, args.data_root)
     in_dim = graphs[0].x.shape[1]
     enc = s["encoder"]
-    official_kwargs = dict(in_dim=in_dim, num_hidden=enc["hidden"], num_layers=enc["layers"], nhead=enc["heads"],
-                           nhead_out=s["decoder"].get("heads", 1), activation="prelu", feat_drop=0.0, attn_drop=0.0,
-                           negative_slope=0.2, residual=False, norm=s["norm"], mask_rate=s["mask"],
-                           encoder_type=enc["kind"], decoder_type=s["decoder"]["kind"], loss_fn="sce",
-                           drop_edge_rate=0.0, replace_rate=s["replace"], alpha_l=s["alpha"], concat_hidden=False)
+    official_kwargs = dict(
+        in_dim=in_dim,
+        num_hidden=enc["hidden"],
+        num_layers=enc["layers"],
+        nhead=enc["heads"],
+        nhead_out=s["decoder"].get("heads", 1),
+        activation="prelu",
+        feat_drop=0.0,
+        attn_drop=0.0,
+        negative_slope=0.2,
+        residual=False,
+        norm=s["norm"],
+        mask_rate=s["mask"],
+        encoder_type=enc["kind"],
+        decoder_type=s["decoder"]["kind"],
+        loss_fn="sce",
+        drop_edge_rate=0.0,
+        replace_rate=s["replace"],
+        alpha_l=s["alpha"],
+        concat_hidden=False,
+    )
     encoder = dict(enc, activation="prelu", feat_drop=0.0, attn_drop=0.0, residual=False, norm=s["norm"])
     mask_cfg = {"_target_": "mae_zoo.masks.node.NodeMask", "ratio": s["mask"], "replace_rate": s["replace"]}
 
@@ -124,14 +165,22 @@ def main() -> None:
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         official = official_edcoder.PreModel(**official_kwargs)
-        ours = GraphMAE(encoder=encoder, decoder=s["decoder"], mask=mask_cfg, optim={"name": "adam", "lr": 1e-3,
-                        "weight_decay": 0.0}, in_dim=in_dim,
-                        objective=ScaledCosineError.spec(alpha=s["alpha"]), pooling=s["pooling"], seed=seed)
+        ours = GraphMAE(
+            encoder=encoder,
+            decoder=s["decoder"],
+            mask=mask_cfg,
+            optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+            in_dim=in_dim,
+            objective=ScaledCosineError.spec(alpha=s["alpha"]),
+            pooling=s["pooling"],
+            seed=seed,
+        )
         state = {official_to_ours(k): v for k, v in official.state_dict().items() if not OFFICIAL_ONLY.search(k)}
         ours.load_state_dict(state, strict=True)  # every tensor mapped, none left over
         if s["pooling"]:
-            batch = next(iter(DataLoader(graphs, batch_size=64, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))))
+            batch = next(
+                iter(DataLoader(graphs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed)))
+            )
             official_edges = batch.edge_index  # TU graphs already carry one self-loop per node
         else:
             batch = graphs[0]
@@ -151,7 +200,7 @@ def main() -> None:
         # The same draws for the official encoding_mask_noise (its three torch.randperm calls).
         queue = [torch.cat([hidden[0].nonzero().flatten(), (~hidden[0]).nonzero().flatten()]), order_perm, sources]
         real_randperm = torch.randperm
-        official_edcoder.torch.randperm = lambda *a, **k: queue.pop(0)
+        official_edcoder.torch.randperm = lambda *a, queue=queue, **k: queue.pop(0)
         try:
             official.train()
             loss_official, _ = official(batch.x, official_edges)
@@ -167,8 +216,11 @@ def main() -> None:
         loss_official.backward()
         loss_ours.backward()
         ours_params = dict(ours.named_parameters())
-        grad_diff = max(float((p.grad - ours_params[official_to_ours(k)].grad).abs().max())
-                        for k, p in official.named_parameters() if not OFFICIAL_ONLY.search(k))
+        grad_diff = max(
+            float((p.grad - ours_params[official_to_ours(k)].grad).abs().max())
+            for k, p in official.named_parameters()
+            if not OFFICIAL_ONLY.search(k)
+        )
 
         official.eval()
         ours.eval()
@@ -179,12 +231,19 @@ def main() -> None:
             emb_ours = ours.embed(batch)
         emb_diff = float((emb_official - emb_ours).abs().max())
         loss_diff = abs(loss_official.item() - loss_ours.item())
-        worst = {"loss": max(worst["loss"], loss_diff), "grad": max(worst["grad"], grad_diff),
-                 "embed": max(worst["embed"], emb_diff)}
-        print(f"draw {seed}: {n} nodes, {m} hidden | loss official {loss_official.item():.6f} "
-              f"ours {loss_ours.item():.6f} | max |grad diff| {grad_diff:.2e} | max |embedding diff| {emb_diff:.2e}")
-    print(f"{args.dataset}, worst over {args.seeds} draws: loss {worst['loss']:.2e}, grad {worst['grad']:.2e}, "
-          f"embedding {worst['embed']:.2e}")
+        worst = {
+            "loss": max(worst["loss"], loss_diff),
+            "grad": max(worst["grad"], grad_diff),
+            "embed": max(worst["embed"], emb_diff),
+        }
+        print(
+            f"draw {seed}: {n} nodes, {m} hidden | loss official {loss_official.item():.6f} "
+            f"ours {loss_ours.item():.6f} | max |grad diff| {grad_diff:.2e} | max |embedding diff| {emb_diff:.2e}"
+        )
+    print(
+        f"{args.dataset}, worst over {args.seeds} draws: loss {worst['loss']:.2e}, grad {worst['grad']:.2e}, "
+        f"embedding {worst['embed']:.2e}"
+    )
     if max(worst.values()) > args.tol:
         sys.exit(f"FAIL: a difference is above --tol {args.tol:g}")
     print(f"PASS (tolerance {args.tol:g})")

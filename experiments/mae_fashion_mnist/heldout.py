@@ -5,6 +5,7 @@ patch mean, i.e. zero in norm-pix space), and a reconstruction picture of the fi
     python experiments/mae_fashion_mnist/heldout.py runs/record_fashion_mnist/checkpoints/last.ckpt \
         experiments/mae_fashion_mnist
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,12 @@ def main(ckpt: str, out_dir: str) -> None:
     results["heldout/wall_s"] = round(time.time() - start, 1)
     images, _ = next(iter(dm.val_dataloader()))
     views = trained.visualize(images[:12], torch.Generator().manual_seed(0))  # (3, 12, C, H, W)
-    grid = make_grid(torch.nn.functional.interpolate(views.flatten(0, 1), scale_factor=4, mode="nearest"),
-                     nrow=12, padding=2, pad_value=1.0)
+    grid = make_grid(
+        torch.nn.functional.interpolate(views.flatten(0, 1), scale_factor=4, mode="nearest"),
+        nrow=12,
+        padding=2,
+        pad_value=1.0,
+    )
     save_image(grid, out / "recon_heldout_final.png")
     (out / "heldout.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -1,8 +1,10 @@
 """Hydra finds launcher plugins only inside the ``hydra_plugins`` namespace package; this module holds
 the class that ``conf/hydra/launcher/slurm.yaml`` names. The logic lives in :mod:`mae_zoo.slurm`
 (imported lazily: Hydra imports every plugin module at start-up, also for ``--help``)."""
+
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 

@@ -31,6 +31,7 @@ collective call in the training hook, so a rank whose batch has no labels cannot
 every rank resumes. FSDP shards the encoder, and ``embed`` called outside the wrapped forward would
 see sharded weights: the probe switches itself off there, with a warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -203,8 +204,9 @@ class OnlineLinearProbe(pl.Callback):
         return 100.0 * (top == labels[:, None]).any(dim=1).float().mean()
 
     # ------------------------------------------------------------------------------ Lightning hooks
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._active(trainer):
             return
         raw = self._labels(pl_module, batch)
@@ -235,11 +237,23 @@ class OnlineLinearProbe(pl.Callback):
         self.steps += 1
         size = feats.shape[0]
         pl_module.log("probe_online/train_loss", loss.detach(), on_step=True, on_epoch=False, batch_size=size)
-        pl_module.log("probe_online/train_top1", self._topk(logits.detach(), labels, 1), on_step=True,
-                      on_epoch=False, batch_size=size)
+        pl_module.log(
+            "probe_online/train_top1",
+            self._topk(logits.detach(), labels, 1),
+            on_step=True,
+            on_epoch=False,
+            batch_size=size,
+        )
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if trainer.sanity_checking or not self._active(trainer) or (self.head is None and self._pending is None):
             return
         raw = self._labels(pl_module, batch)
@@ -258,11 +272,23 @@ class OnlineLinearProbe(pl.Callback):
         with torch.no_grad(), torch.autocast(feats.device.type, enabled=False):
             logits = head(feats)
         size = feats.shape[0]
-        pl_module.log("probe_online/top1", self._topk(logits, labels, 1), on_step=False, on_epoch=True,
-                      sync_dist=True, batch_size=size)
+        pl_module.log(
+            "probe_online/top1",
+            self._topk(logits, labels, 1),
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=size,
+        )
         if self.num_classes is not None and self.num_classes >= 5:
-            pl_module.log("probe_online/top5", self._topk(logits, labels, 5), on_step=False, on_epoch=True,
-                          sync_dist=True, batch_size=size)
+            pl_module.log(
+                "probe_online/top5",
+                self._topk(logits, labels, 5),
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=size,
+            )
 
     # ------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

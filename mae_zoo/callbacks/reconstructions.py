@@ -1,13 +1,14 @@
 """Save input | masked | reconstruction grids of held-out samples, and hand them to the logger."""
+
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from lightning_fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 import torch
 import torch.nn.functional as F
+from lightning_fabric.utilities.apply_func import apply_to_collection, move_data_to_device
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities import rank_zero_warn
@@ -26,8 +27,9 @@ class ReconstructionPictures(pl.Callback):
     ``num_samples`` validation samples under a fixed mask, from ``pl_module.visualize(batch, generator)``
     ((rows, N, C, H, W) in [0, 1]); nothing for a modality whose ``visualize`` returns None."""
 
-    def __init__(self, dirpath: str, num_samples: int = 8, every_n_epochs: int = 1, seed: int = 0,
-                 min_size: int = 96) -> None:
+    def __init__(
+        self, dirpath: str, num_samples: int = 8, every_n_epochs: int = 1, seed: int = 0, min_size: int = 96
+    ) -> None:
         self.dirpath = Path(dirpath)
         self.min_size = min_size  # small images are enlarged (nearest) so the patches stay visible
         self.num_samples = num_samples
@@ -70,7 +72,7 @@ class ReconstructionPictures(pl.Callback):
         pl_module.train(was_training)
         if views is None:  # a modality without pictures (graphs, sequences)
             return None
-        rows, n = views.shape[:2]
+        _rows, n = views.shape[:2]
         images = views.flatten(0, 1).float().cpu()
         factor = max(1, -(-self.min_size // images.shape[-1]))
         if factor > 1:

@@ -10,5 +10,7 @@ def divisors(n: int) -> list[int]:
 def check_patch_size(patch_size: int, size: int, what: str = "image size") -> None:
     """Fail at start-up when the patch does not tile the input, listing the patch sizes that do."""
     if size % patch_size:
-        raise ConfigError(f"model.patch_size={patch_size} does not divide the {what} {size} (data.image_size); "
-                          f"valid patch sizes: {divisors(size)}")
+        raise ConfigError(
+            f"model.patch_size={patch_size} does not divide the {what} {size} (data.image_size); "
+            f"valid patch sizes: {divisors(size)}"
+        )

@@ -5,6 +5,7 @@ A modality subclasses it and brings ``tokenize``, ``encoder`` and ``decoder`` (a
 other steps only where it differs); masks, objective and teacher come from config; optimisation,
 mask seeding, logging and checkpoint metadata live here.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ import torch.nn as nn
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
-from mae_zoo.data.base import MAEDataModule
 from mae_zoo.core.types import Decoded, Encoded, Layout, MAEOutput, Masks, Tokens
+from mae_zoo.data.base import MAEDataModule
 from mae_zoo.masks.base import MaskGenerator
 from mae_zoo.objectives.base import Objective
 from mae_zoo.teachers.base import Teacher
@@ -75,10 +76,14 @@ class MaskedAutoencoder(pl.LightningModule):
         self.save_hyperparameters()
         self.mask_generator: MaskGenerator = hydra.utils.instantiate(mask)
         # An empty node (conf/decoder_mask/none.yaml) means none: the decoder predicts the scored positions.
-        self.decoder_mask_generator: MaskGenerator | None = hydra.utils.instantiate(decoder_mask) if decoder_mask else None
+        self.decoder_mask_generator: MaskGenerator | None = (
+            hydra.utils.instantiate(decoder_mask) if decoder_mask else None
+        )
         self.objective: Objective = hydra.utils.instantiate(objective or self.default_objective(self.hparams))
         if not isinstance(self.objective, Objective):
-            raise ConfigError(f"objective must build an mae_zoo.objectives.Objective, got {type(self.objective).__name__}")
+            raise ConfigError(
+                f"objective must build an mae_zoo.objectives.Objective, got {type(self.objective).__name__}"
+            )
         self.teacher: Teacher | None = None
         if teacher:  # conf/teacher/none.yaml is an empty node
             self.teacher = hydra.utils.instantiate(teacher).requires_grad_(False)
@@ -97,7 +102,9 @@ class MaskedAutoencoder(pl.LightningModule):
 
     def check_embed_pool(self, pool: str) -> str:
         if pool not in self.embed_pools:
-            raise ConfigError(f"embed_pool must be one of {list(self.embed_pools)} for {type(self).__name__}, got '{pool}'")
+            raise ConfigError(
+                f"embed_pool must be one of {list(self.embed_pools)} for {type(self).__name__}, got '{pool}'"
+            )
         return pool
 
     # ----------------------------------------------------------------------------- modality hooks
@@ -121,8 +128,13 @@ class MaskedAutoencoder(pl.LightningModule):
             hp["objective"] = {**cls.default_objective(hp), **legacy}
         return cls(**hp)
 
-    def encode(self, tokens: Tokens, mask: torch.Tensor | None, generator: torch.Generator | None = None,
-               keep: Sequence[int] = ()) -> Encoded:
+    def encode(
+        self,
+        tokens: Tokens,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        keep: Sequence[int] = (),
+    ) -> Encoded:
         """Encoder step. ``mask`` None: every token, unmasked (features for evaluation). Token-dropping
         encoders need only inputs and mask; a modality whose encoder needs more of the layout (a
         graph's edges, a video's grid) or random numbers of its own overrides this."""
@@ -189,11 +201,24 @@ class MaskedAutoencoder(pl.LightningModule):
         encoded = self.encode(tokens, masks.hidden, generator, keep)
         decoded = self.decode(encoded, tokens, masks, keep_decoder)
         loss, target = self.objective(decoded.pred, self.target(batch, tokens, masks), masks.score)
-        return MAEOutput(loss=loss, pred=decoded.pred, mask=masks.hidden, target=target, predicted=masks.predict,
-                         scored=masks.score, encoder_hidden=encoded.intermediates, decoder_hidden=decoded.intermediates)
+        return MAEOutput(
+            loss=loss,
+            pred=decoded.pred,
+            mask=masks.hidden,
+            target=target,
+            predicted=masks.predict,
+            scored=masks.score,
+            encoder_hidden=encoded.intermediates,
+            decoder_hidden=decoded.intermediates,
+        )
 
-    def masks(self, tokens: Tokens, mask: torch.Tensor | None = None, decoder_mask: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> Masks:
+    def masks(
+        self,
+        tokens: Tokens,
+        mask: torch.Tensor | None = None,
+        decoder_mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Masks:
         """The hidden, predicted and scored positions of a step (given masks are checked, missing ones drawn)."""
         shape = tokens.inputs.shape[:2]
         if mask is None:
@@ -207,7 +232,9 @@ class MaskedAutoencoder(pl.LightningModule):
                 raise ValueError(f"{name} shape {tuple(m.shape)} does not match tokens {tuple(shape)}")
         return Masks.build(mask, self.objective.positions, predict)
 
-    def forward_intermediates(self, batch: Any, keep: Sequence[int], mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def forward_intermediates(
+        self, batch: Any, keep: Sequence[int], mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         """Hidden states of encoder blocks ``keep`` (negative: from the last) for the tokens the encoder
         processed: all of them with ``mask`` None, the visible ones (plus prefix rows) otherwise.
         What teachers, feature targets and probes read; one method for every transformer modality."""
@@ -267,8 +294,9 @@ class MaskedAutoencoder(pl.LightningModule):
             per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else 0
             warmup = round(cfg.get("warmup_epochs", 0) * per_epoch)
         warmup = min(int(warmup), max(0, total - 1))
-        schedule = WarmupCosine(warmup, total, min_factor=cfg.get("min_lr", 0.0) / lr,
-                                constant=cfg.get("schedule", "cosine") == "constant")
+        schedule = WarmupCosine(
+            warmup, total, min_factor=cfg.get("min_lr", 0.0) / lr, constant=cfg.get("schedule", "cosine") == "constant"
+        )
         self.schedule_info = {"lr": lr, "effective_batch": effective, "warmup_steps": warmup, "total_steps": total}
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

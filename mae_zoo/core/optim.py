@@ -1,4 +1,5 @@
 """AdamW with MAE's parameter groups, LR scaled by the effective batch, warmup + half-cosine per step."""
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,9 @@ class WarmupCosine:
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
-def build_optimizer(name: str, params: Iterable[dict], lr: float, betas: tuple[float, float],
-                    fused: bool | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: Iterable[dict], lr: float, betas: tuple[float, float], fused: bool | None = None
+) -> torch.optim.Optimizer:
     """AdamW (MAE and most methods) or Adam with L2 weight decay (GraphMAE's ``optimizer: adam``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got '{name}'")

@@ -4,6 +4,7 @@ It declares, once, what code outside ``mae_zoo/data`` may ask of any datamodule 
 online probe, ``train``), with the default for a datamodule that has nothing to say: the class
 count, the train/val datasets, the frozen-feature loaders and the count of unreadable files skipped.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -61,5 +62,7 @@ class MAEDataModule(pl.LightningDataModule):
     def feature_dataloaders(self, batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
         """(train, val) loaders for frozen-feature probes: no augmentation, no shuffling, every sample
         once; ``batch_size`` None uses the datamodule's. The default has none to give."""
-        raise ConfigError(f"{type(self).__name__} gives no frozen-feature loaders (feature_dataloaders); "
-                          "this evaluation needs a datamodule that does (image or video data)")
+        raise ConfigError(
+            f"{type(self).__name__} gives no frozen-feature loaders (feature_dataloaders); "
+            "this evaluation needs a datamodule that does (image or video data)"
+        )

@@ -5,6 +5,7 @@ whole graph, as GraphMAE does. Graph-level data (``task = "graph"``) is a set of
 trained in shuffled mini-batches of ``batch_size`` graphs. Either way the loaders yield
 torch-geometric ``Batch`` objects, and ``graphs()`` gives the evaluators the whole set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
-from torch_geometric.utils import degree, remove_self_loops, add_self_loops, stochastic_blockmodel_graph, to_undirected
+from torch_geometric.utils import add_self_loops, degree, remove_self_loops, stochastic_blockmodel_graph, to_undirected
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule
@@ -61,7 +62,7 @@ def dataset_lock(root: str, name: str) -> Iterator[None]:
     lock = Path(root) / f".{name}.lock"
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock, "w")
+        handle = open(lock, "w")  # noqa: SIM115 - held for the whole context below
     except OSError:  # a read-only root: PyG must find processed/ already there, nothing to serialise
         yield
         return
@@ -76,8 +77,9 @@ def check_raw_root(root: str | None, name: str, download: bool, kind: str) -> No
         raise ConfigError(f"data.root is required: the folder holding <name>/raw/ (e.g. ../shared/data/{kind})")
     raw = Path(root) / name / "raw"
     if not download and not raw.is_dir():
-        raise ConfigError(f"no {kind} files in {raw}; point data.root at the folder holding {name}/raw/ "
-                          "or set data.download=true")
+        raise ConfigError(
+            f"no {kind} files in {raw}; point data.root at the folder holding {name}/raw/ or set data.download=true"
+        )
 
 
 class GraphDataModule(MAEDataModule):
@@ -113,8 +115,13 @@ class GraphDataModule(MAEDataModule):
         self.graphs()
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.graphs(), batch_size=self.batch_size, shuffle=self.task == "graph",
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.graphs(),
+            batch_size=self.batch_size,
+            shuffle=self.task == "graph",
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.graphs(), batch_size=self.batch_size, shuffle=False, num_workers=0)
@@ -133,10 +140,22 @@ class SBMDataModule(GraphDataModule):
     ``num_val`` and ``num_test`` nodes. Generated in memory from ``graph_seed``; no download.
     """
 
-    def __init__(self, num_classes: int = 5, nodes_per_class: int = 200, p_in: float = 0.02, p_out: float = 0.004,
-                 num_features: int = 500, words_per_node: int = 20, topic_strength: float = 0.3,
-                 train_per_class: int = 20, num_val: int = 200, num_test: int = 400, graph_seed: int = 0,
-                 batch_size: int = 1, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int = 5,
+        nodes_per_class: int = 200,
+        p_in: float = 0.02,
+        p_out: float = 0.004,
+        num_features: int = 500,
+        words_per_node: int = 20,
+        topic_strength: float = 0.3,
+        train_per_class: int = 20,
+        num_val: int = 200,
+        num_test: int = 400,
+        graph_seed: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
         if num_classes * nodes_per_class < num_classes * train_per_class + num_val + num_test:
@@ -162,8 +181,11 @@ class SBMDataModule(GraphDataModule):
         train = torch.cat([order[y[order] == c][: int(h.train_per_class)] for c in range(k)])
         rest = order[~torch.isin(order, train)]
         masks = {}
-        for name, idx in (("train", train), ("val", rest[: int(h.num_val)]),
-                          ("test", rest[int(h.num_val): int(h.num_val) + int(h.num_test)])):
+        for name, idx in (
+            ("train", train),
+            ("val", rest[: int(h.num_val)]),
+            ("test", rest[int(h.num_val) : int(h.num_val) + int(h.num_test)]),
+        ):
             masks[f"{name}_mask"] = torch.zeros(k * n, dtype=torch.bool).index_fill_(0, idx, True)
         data = Data(x=row_normalize(x), edge_index=to_undirected(edge_index, num_nodes=k * n), y=y, **masks)
         return [data], k
@@ -176,9 +198,16 @@ class PlanetoidDataModule(GraphDataModule):
     ``download`` is true; it writes ``<name>/processed/`` next to ``raw/``).
     """
 
-    def __init__(self, root: str | None, name: str = "Cora", normalize_features: bool = True,
-                 download: bool = False, cache_dir: str | None = None, batch_size: int = 1,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | None,
+        name: str = "Cora",
+        normalize_features: bool = True,
+        download: bool = False,
+        cache_dir: str | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
         if name not in PLANETOID:
@@ -208,9 +237,17 @@ class TUDataModule(GraphDataModule):
 
     task = "graph"
 
-    def __init__(self, root: str | None, name: str = "MUTAG", batch_size: int = 32, use_node_attr: bool = False,
-                 degree_features: bool = False, download: bool = False, cache_dir: str | None = None,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | None,
+        name: str = "MUTAG",
+        batch_size: int = 32,
+        use_node_attr: bool = False,
+        degree_features: bool = False,
+        download: bool = False,
+        cache_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.save_hyperparameters()
         check_raw_root(root, name, download, "tudataset")

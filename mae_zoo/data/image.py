@@ -1,11 +1,12 @@
 """Image data: the embedded ``shapes`` set, torchvision MNIST / Fashion-MNIST / CIFAR, and ImageFolder."""
+
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.sharedctypes import Synchronized
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
@@ -98,7 +99,9 @@ class ImageDataModule(MAEDataModule):
             if not download and not os.path.isdir(root):
                 raise ConfigError(f"data.root={root} does not exist (and data.download=false)")
         if len(mean) != num_channels or len(std) != num_channels:
-            raise ConfigError(f"data.mean/std need {num_channels} values (data.num_channels), got {len(mean)}/{len(std)}")
+            raise ConfigError(
+                f"data.mean/std need {num_channels} values (data.num_channels), got {len(mean)}/{len(std)}"
+            )
         if num_channels not in (1, 3):
             raise ConfigError(f"data.num_channels must be 1 or 3, got {num_channels}")
         self.save_hyperparameters()
@@ -112,7 +115,11 @@ class ImageDataModule(MAEDataModule):
     def train_transform(self) -> v2.Compose:
         hp = self.hparams
         steps: list[v2.Transform] = [v2.ToImage(), self._channels()]
-        steps.append(v2.RandomResizedCrop(self.image_size, scale=tuple(hp.crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(
+                self.image_size, scale=tuple(hp.crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True
+            )
+        )
         if hp.hflip:
             steps.append(v2.RandomHorizontalFlip())
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(hp.mean), list(hp.std))]
@@ -120,12 +127,16 @@ class ImageDataModule(MAEDataModule):
 
     def eval_transform(self) -> v2.Compose:
         hp = self.hparams
-        return v2.Compose([
-            v2.ToImage(), self._channels(),
-            v2.Resize(self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(self.image_size),
-            v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(hp.mean), list(hp.std)),
-        ])
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                self._channels(),
+                v2.Resize(self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                v2.CenterCrop(self.image_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(hp.mean), list(hp.std)),
+            ]
+        )
 
     # ------------------------------------------------------------------------------- datasets
     def build(self, train: bool, transform: Callable) -> Dataset:
@@ -181,8 +192,15 @@ class ImageDataModule(MAEDataModule):
         train = self.build(True, self.eval_transform())
         loaders = []
         for dataset in (train, self.val_set):
-            loaders.append(DataLoader(dataset, batch_size=batch_size or self.batch_size, shuffle=False,
-                                      num_workers=self.num_workers, collate_fn=collate_skipping_none))
+            loaders.append(
+                DataLoader(
+                    dataset,
+                    batch_size=batch_size or self.batch_size,
+                    shuffle=False,
+                    num_workers=self.num_workers,
+                    collate_fn=collate_skipping_none,
+                )
+            )
         return loaders[0], loaders[1]
 
     def train_dataloader(self) -> DataLoader:

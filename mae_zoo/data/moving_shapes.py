@@ -6,6 +6,7 @@ is the **direction of motion**, one of eight compass directions; the shape, its 
 start point are nuisances. So a single frame carries no information about the label: a probe has to
 use motion, which is what a video model should capture.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,7 @@ from mae_zoo.data.shapes import _shape_masks
 DIRECTIONS = ("right", "down_right", "down", "down_left", "left", "up_left", "up", "up_right")
 
 
-def make_moving_shapes(
-    num: int, frames: int = 16, size: int = 32, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def make_moving_shapes(num: int, frames: int = 16, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``num`` clips, uint8 (N, 3, frames, size, size), and direction labels (int64, balanced over 8)."""
     rng = np.random.default_rng(seed)
     label = rng.permutation(np.arange(num) % len(DIRECTIONS))
@@ -38,8 +37,10 @@ def make_moving_shapes(
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     fg_color = rng.uniform(0.35, 1.0, (num, 3, 1, 1)).astype(np.float32)
     bg_color = rng.uniform(0.0, 0.45, (num, 3, 1, 1)).astype(np.float32)
-    ramp = (rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (yy / size)[None, None]
-            + rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (xx / size)[None, None])
+    ramp = (
+        rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (yy / size)[None, None]
+        + rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (xx / size)[None, None]
+    )
     background = bg_color + ramp
     video = np.empty((num, 3, frames, size, size), dtype=np.uint8)
     for t in range(frames):

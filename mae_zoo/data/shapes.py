@@ -4,14 +4,23 @@ Ten classes of coloured shapes on noisy coloured backgrounds, with random positi
 colours, drawn deterministically from a seed. Small enough to generate in about a second, hard
 enough that a linear probe on raw pixels is far from perfect.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
 CLASSES = (
-    "disk", "square", "triangle", "ring", "plus",
-    "cross", "diamond", "h_stripes", "v_stripes", "checker",
+    "disk",
+    "square",
+    "triangle",
+    "ring",
+    "plus",
+    "cross",
+    "diamond",
+    "h_stripes",
+    "v_stripes",
+    "checker",
 )
 
 
@@ -45,8 +54,10 @@ def _class_mask(k: int, dy: np.ndarray, dx: np.ndarray, yy: np.ndarray, xx: np.n
     return box & ((rows + cols) % 2 == 0)
 
 
-def _shape_masks(label: np.ndarray, yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray) -> np.ndarray:
-    out = np.zeros((len(label),) + yy.shape, dtype=bool)
+def _shape_masks(
+    label: np.ndarray, yy: np.ndarray, xx: np.ndarray, cy: np.ndarray, cx: np.ndarray, r: np.ndarray
+) -> np.ndarray:
+    out = np.zeros((len(label), *yy.shape), dtype=bool)
     for k in range(len(CLASSES)):
         sel = np.flatnonzero(label == k)
         dy = yy[None] - cy[sel, None, None]
@@ -67,8 +78,10 @@ def make_shapes(num: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, 
     fg_color = rng.uniform(0.35, 1.0, (num, 3, 1, 1)).astype(np.float32)
     bg_color = rng.uniform(0.0, 0.45, (num, 3, 1, 1)).astype(np.float32)
     # Smooth background gradient + pixel noise, so pixels alone do not give the class away.
-    ramp = (rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (yy / size)[None, None]
-            + rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (xx / size)[None, None])
+    ramp = (
+        rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (yy / size)[None, None]
+        + rng.uniform(-0.15, 0.15, (num, 1, 1, 1)).astype(np.float32) * (xx / size)[None, None]
+    )
     img = np.where(fg[:, None], fg_color, bg_color + ramp)
     img += 0.04 * rng.standard_normal(img.shape, dtype=np.float32)
     img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -8,6 +8,7 @@ one decoded video gives several independently cropped clips (the model draws a f
 so the decoder stays busy while the loader decodes fewer files. Unreadable or truncated files are
 skipped, logged and counted (``num_skipped``, and ``data/skipped_files`` in metrics.json).
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,7 +38,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------------- transforms
-def multi_scale_crop_box(height: int, width: int, size: int, scales: Sequence[float], rng: np.random.Generator) -> tuple[int, int, int, int]:
+def multi_scale_crop_box(
+    height: int, width: int, size: int, scales: Sequence[float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
     """(top, left, crop_h, crop_w) of VideoMAE's GroupMultiScaleCrop (the official pre-training aug).
 
     Crop sides are ``scale * min(H, W)`` for scales such as (1, .875, .75, .66), snapped to ``size``
@@ -65,7 +68,9 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 class ClipTransform:
     """uint8 (T, H, W, C) frames -> normalised float (C, T, size, size)."""
 
-    def __init__(self, size: int, train: bool, scales: Sequence[float], mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, size: int, train: bool, scales: Sequence[float], mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.size, self.train, self.scales = size, train, tuple(scales)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
@@ -142,7 +147,9 @@ class VideoFiles(Dataset):
         rng = _worker_rng(1, i) if self.transform.train else np.random.default_rng(i)
         try:
             info = probe(path)
-            indices = clip_indices(info.num_frames, self.num_frames, self.sampling_rate, rng if self.transform.train else None)
+            indices = clip_indices(
+                info.num_frames, self.num_frames, self.sampling_rate, rng if self.transform.train else None
+            )
             frames = decode_frames(path, indices, info.output_size(self.short_side))
         except UnreadableVideo as err:  # corrupt or truncated: skip it, never fail the run
             count_skipped(self.skipped)
@@ -169,7 +176,9 @@ def list_folder(root: Path, extensions: Sequence[str]) -> tuple[list[tuple[str, 
     subdirs = sorted(p for p in root.iterdir() if p.is_dir())
     if subdirs:
         classes = [d.name for d in subdirs]
-        samples = [(str(f), k) for k, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in extensions]
+        samples = [
+            (str(f), k) for k, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in extensions
+        ]
     else:
         classes = [root.name]
         samples = [(str(f), 0) for f in sorted(root.iterdir()) if f.suffix.lower() in extensions]
@@ -283,8 +292,15 @@ class VideoDataModule(MAEDataModule):
         samples = self._samples[0 if train_split else 1]
         if not samples:
             raise ConfigError(f"no {'training' if train_split else 'validation'} videos found (data.root={self.root})")
-        return VideoFiles(samples, self.transform(augment), self.num_frames, hp.sampling_rate, hp.short_side,
-                          num_sample, self.skip_counter())
+        return VideoFiles(
+            samples,
+            self.transform(augment),
+            self.num_frames,
+            hp.sampling_rate,
+            hp.short_side,
+            num_sample,
+            self.skip_counter(),
+        )
 
     @property
     def num_classes(self) -> int | None:
@@ -314,8 +330,16 @@ class VideoDataModule(MAEDataModule):
         """(train, val) loaders of centred, unaugmented clips in a fixed order, for frozen-feature probes."""
         self.setup("fit")
         train = self.build(True, augment=False)
-        loaders = [DataLoader(d, batch_size=batch_size or self.batch_size, shuffle=False, num_workers=self.num_workers,
-                              collate_fn=collate_clips) for d in (train, self.val_set)]
+        loaders = [
+            DataLoader(
+                d,
+                batch_size=batch_size or self.batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                collate_fn=collate_clips,
+            )
+            for d in (train, self.val_set)
+        ]
         return loaders[0], loaders[1]
 
     def train_dataloader(self) -> DataLoader:

@@ -3,6 +3,7 @@
 Kept apart from the DataModule so the sampling rule and the decoder can be tested (and
 benchmarked) on their own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def probe(path: str) -> VideoInfo:
             if sar and sar > 0:
                 width = max(1, round(width * float(sar)))
             if not frames and stream.duration is not None and fps:
-                frames = int(round(float(stream.duration * stream.time_base) * fps))
+                frames = round(float(stream.duration * stream.time_base) * fps)
     except (av.FFmpegError, IndexError, OSError) as err:
         raise UnreadableVideo(f"{path}: {type(err).__name__}: {err}") from None
     if not frames or not fps or not width or not height:
@@ -94,7 +95,7 @@ def decode_frames(path: str, indices: np.ndarray, size: tuple[int, int] | None =
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
-                index = int(round(float((frame.pts - start_pts) * base * rate)))
+                index = round(float((frame.pts - start_pts) * base * rate))
                 if index > wanted[-1]:
                     break
                 if index in wanted:

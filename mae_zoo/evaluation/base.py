@@ -3,6 +3,7 @@
 
 Accuracies are in percent (0-100), as in the MAE paper and logs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,21 +42,27 @@ class Evaluator(ABC):
     """Epochs the evaluator trains for; None when it trains nothing. ``debug=smoke`` caps it through
     ``trainer.max_epochs`` (:func:`mae_zoo.eval.apply_limits`)."""
 
-    def check(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule) -> None:
+    def check(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule) -> None:  # noqa: B027
         """Raise ConfigError when this protocol cannot run on this model and data. ``train`` calls it
         before pre-training and ``evaluate`` before evaluating, so a mismatch fails in seconds rather
         than after the run. Default: nothing to check."""
 
     @abstractmethod
-    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, Any]:
+    def __call__(
+        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
+    ) -> dict[str, Any]:
         """Evaluate ``model`` on ``datamodule``; return metrics keyed ``eval_<name>/<metric>``."""
 
 
 # --------------------------------------------------------------------------------------- features
 @torch.no_grad()
-def extract_features(model: MaskedAutoencoder, loader: DataLoader, device: torch.device | str = "cpu",
-                     precision: str = "32-true", features: str = "embed") -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    model: MaskedAutoencoder,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    precision: str = "32-true",
+    features: str = "embed",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 features and (N,) labels over a loader of (input, label) batches.
 
     ``features="embed"``: ``model.embed`` (the frozen encoder); ``"pixels"``: the flattened model input
@@ -81,10 +88,15 @@ def extract_features(model: MaskedAutoencoder, loader: DataLoader, device: torch
     return torch.cat(feats), torch.cat(labels)
 
 
-def split_features(model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                   device: torch.device | str = "cpu", precision: str = "32-true", features: str = "embed",
-                   batch_size: int | None = None,
-                   cache_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_features(
+    model: MaskedAutoencoder,
+    datamodule: MAEDataModule | LimitedDataModule,
+    device: torch.device | str = "cpu",
+    precision: str = "32-true",
+    features: str = "embed",
+    batch_size: int | None = None,
+    cache_dir: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and val (features, labels) from ``datamodule.feature_dataloaders``.
 
     With ``cache_dir`` they are saved there under a key made of the model's weights, its pooling,
@@ -102,7 +114,9 @@ def split_features(model: MaskedAutoencoder, datamodule: MAEDataModule | Limited
             digest.update(f"{type(model).__qualname__}|{model.embed_pool}|{precision}".encode())
         hparams = dict(datamodule.hparams)
         hparams.pop("num_workers", None), hparams.pop("batch_size", None), hparams.pop("pin_memory", None)
-        digest.update(f"{features}|{sorted(hparams.items())}|{len(train_loader)}|{len(val_loader)}|{batch_size}".encode())
+        digest.update(
+            f"{features}|{sorted(hparams.items())}|{len(train_loader)}|{len(val_loader)}|{batch_size}".encode()
+        )
         path = Path(cache_dir) / f"features_{features}_{digest.hexdigest()[:16]}.pt"
         if path.is_file():
             cached = torch.load(path, weights_only=True)
@@ -130,15 +144,17 @@ class FrozenFeatures:
     num_classes: int
 
 
-def frozen_features(evaluator: Any, model: MaskedAutoencoder,
-                    datamodule: MAEDataModule | LimitedDataModule) -> FrozenFeatures:
+def frozen_features(
+    evaluator: Any, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule
+) -> FrozenFeatures:
     """Device, precision, pooling, (cached) train/val features and class count from an evaluator's
     ``device, precision, pool, features, feature_batch_size, feature_cache, num_classes`` settings."""
     device = resolve_device(evaluator.device)
     precision = resolve_eval_precision(evaluator.precision, device)
     set_pool(model, evaluator.pool)
-    train_x, train_y, val_x, val_y = split_features(model, datamodule, device, precision, evaluator.features,
-                                                    evaluator.feature_batch_size, evaluator.feature_cache)
+    train_x, train_y, val_x, val_y = split_features(
+        model, datamodule, device, precision, evaluator.features, evaluator.feature_batch_size, evaluator.feature_cache
+    )
     num_classes = evaluator.num_classes or num_classes_of(datamodule, torch.cat([train_y, val_y]))
     return FrozenFeatures(torch.device(device), precision, train_x, train_y, val_x, val_y, num_classes)
 
@@ -264,8 +280,12 @@ class LimitedDataModule:
     """A datamodule whose loaders stop after ``limit_train_batches`` / ``limit_val_batches``
     (``debug=smoke``), for every evaluator alike; everything else is the wrapped datamodule's."""
 
-    def __init__(self, datamodule: MAEDataModule, limit_train_batches: int | float | None = None,
-                 limit_val_batches: int | float | None = None) -> None:
+    def __init__(
+        self,
+        datamodule: MAEDataModule,
+        limit_train_batches: int | float | None = None,
+        limit_val_batches: int | float | None = None,
+    ) -> None:
         self.datamodule = datamodule
         self.limit_train_batches = limit_train_batches
         self.limit_val_batches = limit_val_batches

@@ -11,6 +11,7 @@ metrics (``eval_finetune/mode``).
 Deviations from MAE, for a CPU budget: no RandAugment/mixup/cutmix/random erasing; the train loader
 is the datamodule's own augmented one (RandomResizedCrop as in pre-training, flip as configured).
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,13 @@ def layer_decay_param_groups(net: nn.Module, weight_decay: float, layer_decay: f
         lid = layer_id(name, depth)
         key = (lid, no_decay)
         if key not in groups:
-            groups[key] = {"params": [], "names": [], "layer_id": lid, "lr_scale": layer_decay ** (depth + 1 - lid),
-                           "weight_decay": 0.0 if no_decay else weight_decay}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "layer_id": lid,
+                "lr_scale": layer_decay ** (depth + 1 - lid),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            }
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]
@@ -87,8 +93,14 @@ class ViTClassifier(nn.Module):
     averaged and normalised by a fresh ``fc_norm``; ``False``: the cls token after the encoder's norm.
     """
 
-    def __init__(self, model: MaskedAutoencoder, num_classes: int, drop_path: float = 0.1, global_pool: bool = True,
-                 head_init_std: float = 2e-5) -> None:
+    def __init__(
+        self,
+        model: MaskedAutoencoder,
+        num_classes: int,
+        drop_path: float = 0.1,
+        global_pool: bool = True,
+        head_init_std: float = 2e-5,
+    ) -> None:
         super().__init__()
         self.tokenize = model.tokenize  # a bound method: tokenizers hold no parameters
         self.encoder = copy.deepcopy(model.encoder)
@@ -111,7 +123,7 @@ class ViTClassifier(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         latent = self.encoder(self.tokenize(batch).inputs).latent
-        pooled = latent[:, self.num_prefix:].mean(dim=1) if self.global_pool else latent[:, 0]
+        pooled = latent[:, self.num_prefix :].mean(dim=1) if self.global_pool else latent[:, 0]
         return self.head(self.fc_norm(pooled))
 
 
@@ -136,11 +148,25 @@ class FineTune(Evaluator):
 
     name = "finetune"
 
-    def __init__(self, epochs: int = 100, warmup_epochs: float = 5, blr: float = 5e-4, lr: float | None = None,
-                 min_lr: float = 1e-6, layer_decay: float = 0.65, weight_decay: float = 0.05, drop_path: float = 0.1,
-                 label_smoothing: float = 0.1, betas: tuple[float, float] = (0.9, 0.999), global_pool: bool = True,
-                 clip_grad: float | None = None, device: str = "auto", precision: str = "auto",
-                 num_classes: int | None = None, log_every_n_steps: int = 50) -> None:
+    def __init__(
+        self,
+        epochs: int = 100,
+        warmup_epochs: float = 5,
+        blr: float = 5e-4,
+        lr: float | None = None,
+        min_lr: float = 1e-6,
+        layer_decay: float = 0.65,
+        weight_decay: float = 0.05,
+        drop_path: float = 0.1,
+        label_smoothing: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+        global_pool: bool = True,
+        clip_grad: float | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        num_classes: int | None = None,
+        log_every_n_steps: int = 50,
+    ) -> None:
         if epochs < 1:
             raise ConfigError(f"eval.epochs must be positive, got {epochs}")
         if not 0 < layer_decay <= 1:
@@ -149,7 +175,12 @@ class FineTune(Evaluator):
             raise ConfigError(f"eval.drop_path must be in [0, 1), got {drop_path}")
         self.epochs, self.warmup_epochs, self.blr, self.lr, self.min_lr = epochs, warmup_epochs, blr, lr, min_lr
         self.layer_decay, self.weight_decay, self.drop_path = layer_decay, weight_decay, drop_path
-        self.label_smoothing, self.betas, self.global_pool, self.clip_grad = label_smoothing, tuple(betas), global_pool, clip_grad
+        self.label_smoothing, self.betas, self.global_pool, self.clip_grad = (
+            label_smoothing,
+            tuple(betas),
+            global_pool,
+            clip_grad,
+        )
         self.device, self.precision, self.num_classes = device, precision, num_classes
         self.log_every_n_steps = log_every_n_steps
 
@@ -163,8 +194,9 @@ class FineTune(Evaluator):
         net = EmbedClassifier(model, num_classes, dim)
         return net, layer_decay_param_groups(net, self.weight_decay, 1.0, 0), "embed"
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, Any]:
+    def __call__(
+        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
+    ) -> dict[str, Any]:
         device = resolve_device(self.device)
         precision = resolve_eval_precision(self.precision, device)
         datamodule.setup("fit")
@@ -182,8 +214,11 @@ class FineTune(Evaluator):
             group.pop("names")
         opt = torch.optim.AdamW(groups, lr=lr, betas=self.betas)
         total = self.epochs * steps_per_epoch
-        schedule = WarmupCosine(min(round(self.warmup_epochs * steps_per_epoch), total - 1), total,
-                                min_factor=self.min_lr / lr if lr else 0.0)
+        schedule = WarmupCosine(
+            min(round(self.warmup_epochs * steps_per_epoch), total - 1),
+            total,
+            min_factor=self.min_lr / lr if lr else 0.0,
+        )
         step, history = 0, []
         start = time.time()
         for epoch in range(self.epochs):
@@ -208,20 +243,32 @@ class FineTune(Evaluator):
                 loss_sum += loss.item() * labels.shape[0]
                 seen += labels.shape[0]
                 if self.log_every_n_steps and step % self.log_every_n_steps == 0:
-                    print(f"finetune: epoch {epoch} step {step}/{total} loss {loss.item():.4f} "
-                          f"({time.time() - start:.0f} s)", flush=True)
+                    print(
+                        f"finetune: epoch {epoch} step {step}/{total} loss {loss.item():.4f} "
+                        f"({time.time() - start:.0f} s)",
+                        flush=True,
+                    )
             history.append(round(loss_sum / max(1, seen), 5))
         train_s = time.time() - start
         logits, labels = predict(net, val_loader, device, precision)
         metrics: dict[str, Any] = accuracy_metrics("eval_finetune", logits, labels, num_classes)
-        metrics.update({
-            "eval_finetune/train_loss": history[-1], "eval_finetune/train_loss_per_epoch": history,
-            "eval_finetune/epochs": self.epochs, "eval_finetune/steps": step, "eval_finetune/lr": lr,
-            "eval_finetune/batch_size": batch_size, "eval_finetune/layer_decay": self.layer_decay if mode == "vit" else 1.0,
-            "eval_finetune/drop_path": self.drop_path if mode == "vit" else 0.0, "eval_finetune/mode": mode,
-            "eval_finetune/global_pool": self.global_pool, "eval_finetune/num_val": int(labels.shape[0]),
-            "eval_finetune/train_wall_s": round(train_s, 2), "eval_finetune/precision": precision,
-        })
+        metrics.update(
+            {
+                "eval_finetune/train_loss": history[-1],
+                "eval_finetune/train_loss_per_epoch": history,
+                "eval_finetune/epochs": self.epochs,
+                "eval_finetune/steps": step,
+                "eval_finetune/lr": lr,
+                "eval_finetune/batch_size": batch_size,
+                "eval_finetune/layer_decay": self.layer_decay if mode == "vit" else 1.0,
+                "eval_finetune/drop_path": self.drop_path if mode == "vit" else 0.0,
+                "eval_finetune/mode": mode,
+                "eval_finetune/global_pool": self.global_pool,
+                "eval_finetune/num_val": int(labels.shape[0]),
+                "eval_finetune/train_wall_s": round(train_s, 2),
+                "eval_finetune/precision": precision,
+            }
+        )
         if not math.isfinite(history[-1]):
             raise FloatingPointError("fine-tuning diverged")
         return metrics

@@ -10,6 +10,7 @@
 
 Accuracies are in percent.
 """
+
 from __future__ import annotations
 
 import copy
@@ -36,16 +37,19 @@ def require_task(datamodule: MAEDataModule | LimitedDataModule, task: str) -> Gr
     # read graphs() and eval_dataloader(), not the limited train/val loaders).
     dm = datamodule.datamodule if isinstance(datamodule, LimitedDataModule) else datamodule
     if not isinstance(dm, GraphDataModule) or dm.task != task:
-        hint = {"node": "eval=node_linear needs node-level graph data (data=sbm|planetoid); for graph "
-                        "classification use eval=graph_svm (eval@final_eval=graph_svm when training)",
-                "graph": "eval=graph_svm needs graph-level data (data=tu); for node tasks use eval=node_linear"}
+        hint = {
+            "node": "eval=node_linear needs node-level graph data (data=sbm|planetoid); for graph "
+            "classification use eval=graph_svm (eval@final_eval=graph_svm when training)",
+            "graph": "eval=graph_svm needs graph-level data (data=tu); for node tasks use eval=node_linear",
+        }
         raise ConfigError(hint[task])
     return dm
 
 
 @torch.no_grad()
-def node_embeddings(model: Any, datamodule: MAEDataModule | LimitedDataModule,
-                    features: str = "embed") -> tuple[Data, torch.Tensor]:
+def node_embeddings(
+    model: Any, datamodule: MAEDataModule | LimitedDataModule, features: str = "embed"
+) -> tuple[Data, torch.Tensor]:
     """The full graph and its (N, D) node features: the encoder on the clean graph in eval mode
     (official ``model.embed``), or the input features themselves (``input``: the no-learning baseline)."""
     if features not in GRAPH_FEATURES:
@@ -68,21 +72,22 @@ class NodeLinearProbe(Evaluator):
 
     name = "linear"
 
-    def __init__(self, lr: float = 0.01, weight_decay: float = 1e-4, epochs: int = 300, features: str = "embed",
-                 seed: int = 0) -> None:
+    def __init__(
+        self, lr: float = 0.01, weight_decay: float = 1e-4, epochs: int = 300, features: str = "embed", seed: int = 0
+    ) -> None:
         self.lr, self.weight_decay, self.epochs = float(lr), float(weight_decay), int(epochs)
         self.features, self.seed = features, int(seed)
 
     def check(self, model: Any, datamodule: MAEDataModule | LimitedDataModule) -> None:
         require_task(datamodule, "node")
 
-    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path) -> dict[str, float]:
         data, x = node_embeddings(model, datamodule, self.features)
         return self.probe(x, data.y, data.train_mask, data.val_mask, data.test_mask)
 
-    def probe(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, val: torch.Tensor,
-              test: torch.Tensor) -> dict[str, float]:
+    def probe(
+        self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, val: torch.Tensor, test: torch.Tensor
+    ) -> dict[str, float]:
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(self.seed)
         head = nn.Linear(x.shape[1], int(y.max()) + 1)
@@ -107,13 +112,19 @@ class NodeLinearProbe(Evaluator):
         with torch.no_grad():
             best_test = accuracy(best_head(x)[test], y[test])
         p = f"eval_{self.name}"
-        return {f"{p}/test_acc": test_acc, f"{p}/val_acc": val_acc, f"{p}/test_acc_best_val": best_test,
-                f"{p}/best_val_acc": best_val, f"{p}/best_epoch": float(best_epoch)}
+        return {
+            f"{p}/test_acc": test_acc,
+            f"{p}/val_acc": val_acc,
+            f"{p}/test_acc_best_val": best_test,
+            f"{p}/best_val_acc": best_val,
+            f"{p}/best_epoch": float(best_epoch),
+        }
 
 
 @torch.no_grad()
-def graph_embeddings(model: Any, datamodule: MAEDataModule | LimitedDataModule, batch_size: int | None = None,
-                     features: str = "embed") -> tuple[np.ndarray, np.ndarray]:
+def graph_embeddings(
+    model: Any, datamodule: MAEDataModule | LimitedDataModule, batch_size: int | None = None, features: str = "embed"
+) -> tuple[np.ndarray, np.ndarray]:
     """(G, D) pooled embeddings and (G,) labels of every graph, in dataset order; ``features="input"``
     pools the input node features instead (the no-learning baseline)."""
     if features not in GRAPH_FEATURES:
@@ -131,8 +142,14 @@ def graph_embeddings(model: Any, datamodule: MAEDataModule | LimitedDataModule, 
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-def svm_cross_validation(x: np.ndarray, y: np.ndarray, folds: int = 10, c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                         fold_seed: int = 0, svc_seed: int = 42) -> tuple[float, float]:
+def svm_cross_validation(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int = 10,
+    c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
+    fold_seed: int = 0,
+    svc_seed: int = 42,
+) -> tuple[float, float]:
     """Mean and std (over folds) of micro-F1 in percent, as the official ``evaluate_graph_embeddings_using_svm``."""
     from sklearn.metrics import f1_score
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -151,8 +168,15 @@ class GraphSVM(Evaluator):
 
     name = "svm"
 
-    def __init__(self, folds: int = 10, c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                 fold_seed: int = 0, svc_seed: int = 42, batch_size: int | None = None, features: str = "embed") -> None:
+    def __init__(
+        self,
+        folds: int = 10,
+        c_grid: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0),
+        fold_seed: int = 0,
+        svc_seed: int = 42,
+        batch_size: int | None = None,
+        features: str = "embed",
+    ) -> None:
         self.folds, self.c_grid, self.features = int(folds), tuple(float(c) for c in c_grid), features
         self.fold_seed, self.svc_seed, self.batch_size = int(fold_seed), int(svc_seed), batch_size
 
@@ -161,8 +185,7 @@ class GraphSVM(Evaluator):
         if not isinstance(model, GraphMAE) or model.pooling is None:
             raise ConfigError("eval=graph_svm needs pooled embeddings: set module.pooling to mean, max or sum")
 
-    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path) -> dict[str, float]:
         self.check(model, datamodule)
         x, y = graph_embeddings(model, datamodule, self.batch_size, self.features)
         mean, std = svm_cross_validation(x, y, self.folds, self.c_grid, self.fold_seed, self.svc_seed)

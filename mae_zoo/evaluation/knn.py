@@ -7,6 +7,7 @@ class with weight ``exp(similarity / temperature)``; the class with the largest 
 ``dist_reduce_fx="cat"``: under DDP every rank gathers all ranks' train and query features before
 ``compute``, so the result is the one a single process would get on the whole data.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,22 +24,29 @@ from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
     Evaluator,
     LimitedDataModule,
-    frozen_features,
     check_features,
+    frozen_features,
     topk_correct,
 )
 
 
 @torch.no_grad()
-def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
-               num_classes: int, k: int = 20, temperature: float = 0.07, chunk_size: int = 1024) -> torch.Tensor:
+def knn_scores(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_features: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
     """(Q, num_classes) summed vote weights of each query's k nearest training samples (cosine)."""
     train = F.normalize(train_features.float(), dim=1)
     labels = train_labels.long()
     k = min(k, train.shape[0])
     out = []
     for start in range(0, query_features.shape[0], chunk_size):
-        query = F.normalize(query_features[start:start + chunk_size].float(), dim=1)
+        query = F.normalize(query_features[start : start + chunk_size].float(), dim=1)
         sim, idx = (query @ train.T).topk(k, dim=1)
         weights = (sim / temperature).exp()
         scores = torch.zeros(query.shape[0], num_classes, device=query.device, dtype=weights.dtype)
@@ -60,8 +68,14 @@ class KNNAccuracy(Metric):
     higher_is_better = True
     is_differentiable = False
 
-    def __init__(self, k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
-                 chunk_size: int = 1024, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float = 0.07,
+        num_classes: int | None = None,
+        chunk_size: int = 1024,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}")
@@ -71,8 +85,13 @@ class KNNAccuracy(Metric):
         for name in ("train_features", "train_labels", "query_features", "query_labels"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, train_features: torch.Tensor | None = None, train_labels: torch.Tensor | None = None,
-               query_features: torch.Tensor | None = None, query_labels: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        train_features: torch.Tensor | None = None,
+        train_labels: torch.Tensor | None = None,
+        query_features: torch.Tensor | None = None,
+        query_labels: torch.Tensor | None = None,
+    ) -> None:
         if (train_features is None) != (train_labels is None) or (query_features is None) != (query_labels is None):
             raise ValueError("features and labels come in pairs")
         if train_features is not None:
@@ -105,10 +124,18 @@ class KNNEvaluator(Evaluator):
 
     name = "knn"
 
-    def __init__(self, k: int = 20, temperature: float = 0.07, features: str = "embed", pool: str | None = None,
-                 feature_batch_size: int | None = None, feature_cache: str | None = None,
-                 device: str = "auto", precision: str = "auto",
-                 num_classes: int | None = None) -> None:
+    def __init__(
+        self,
+        k: int = 20,
+        temperature: float = 0.07,
+        features: str = "embed",
+        pool: str | None = None,
+        feature_batch_size: int | None = None,
+        feature_cache: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        num_classes: int | None = None,
+    ) -> None:
         check_features(features, pool)
         self.k, self.temperature = k, temperature
         self.features, self.pool, self.feature_batch_size = features, pool, feature_batch_size
@@ -116,20 +143,30 @@ class KNNEvaluator(Evaluator):
         self.device, self.precision, self.num_classes = device, precision, num_classes
         KNNAccuracy(k=k, temperature=temperature)  # validates k and temperature at start-up
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, Any]:
+    def __call__(
+        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
+    ) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
         metric = KNNAccuracy(k=self.k, temperature=self.temperature, num_classes=num_classes).to(device)
-        metric.update(train_features=train_x.to(device), train_labels=train_y.to(device),
-                      query_features=val_x.to(device), query_labels=val_y.to(device))
+        metric.update(
+            train_features=train_x.to(device),
+            train_labels=train_y.to(device),
+            query_features=val_x.to(device),
+            query_labels=val_y.to(device),
+        )
         result = {f"eval_knn/{key}": round(float(value), 4) for key, value in metric.compute().items()}
-        result.update({
-            "eval_knn/k": self.k, "eval_knn/temperature": self.temperature, "eval_knn/features": self.features,
-            "eval_knn/pool": model.embed_pool if self.features == "embed" else None,
-            "eval_knn/feature_dim": int(train_x.shape[1]),
-            "eval_knn/num_train": int(train_x.shape[0]), "eval_knn/num_val": int(val_x.shape[0]),
-            "eval_knn/precision": precision,
-        })
+        result.update(
+            {
+                "eval_knn/k": self.k,
+                "eval_knn/temperature": self.temperature,
+                "eval_knn/features": self.features,
+                "eval_knn/pool": model.embed_pool if self.features == "embed" else None,
+                "eval_knn/feature_dim": int(train_x.shape[1]),
+                "eval_knn/num_train": int(train_x.shape[0]),
+                "eval_knn/num_val": int(val_x.shape[0]),
+                "eval_knn/precision": precision,
+            }
+        )
         return result

@@ -9,6 +9,7 @@ Deviation from MAE, for a CPU budget: features are extracted once, without augme
 head trains on the cached features (MAE runs the frozen encoder on RandomResizedCrop+flip views in
 every epoch). With the encoder frozen the only difference is the missing augmentation.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,10 @@ from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import (
     Evaluator,
     LimitedDataModule,
-    frozen_features,
-    cpu_threads,
-    check_features,
     accuracy_metrics,
+    check_features,
+    cpu_threads,
+    frozen_features,
 )
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -43,10 +44,17 @@ class LARS(torch.optim.Optimizer):
     norms) get neither weight decay nor the rescaling. Then heavy-ball momentum and ``p -= lr * buf``.
     """
 
-    def __init__(self, params: Any, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
-                 trust_coefficient: float = 0.001) -> None:
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum,
-                                      trust_coefficient=trust_coefficient))
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -63,7 +71,9 @@ class LARS(torch.optim.Optimizer):
                     update = update.add(p, alpha=group["weight_decay"])
                     p_norm, u_norm = torch.norm(p), torch.norm(update)
                     one = torch.ones_like(p_norm)
-                    trust = torch.where(p_norm > 0, torch.where(u_norm > 0, group["trust_coefficient"] * p_norm / u_norm, one), one)
+                    trust = torch.where(
+                        p_norm > 0, torch.where(u_norm > 0, group["trust_coefficient"] * p_norm / u_norm, one), one
+                    )
                     update = update.mul(trust)
                 state = self.state[p]
                 if "momentum_buffer" not in state:
@@ -83,7 +93,9 @@ class LinearHead(nn.Sequential):
         nn.init.zeros_(self[1].bias)
 
 
-def build_optimizer(name: str, params: Any, lr: float, weight_decay: float, momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, params: Any, lr: float, weight_decay: float, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     if name == "lars":
         return LARS(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "sgd":
@@ -93,21 +105,64 @@ def build_optimizer(name: str, params: Any, lr: float, weight_decay: float, mome
     raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got '{name}'")
 
 
-def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                       num_classes: int, epochs: int = 90, batch_size: int = 1024, optimizer: str = "lars",
-                       blr: float = 1.6, lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9,
-                       warmup_epochs: float = 10, min_lr: float = 0.0, seed: int = 0,
-                       prefix: str = "eval_linear") -> tuple[LinearHead, dict[str, float]]:
+def train_linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    epochs: int = 90,
+    batch_size: int = 1024,
+    optimizer: str = "lars",
+    blr: float = 1.6,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    warmup_epochs: float = 10,
+    min_lr: float = 0.0,
+    seed: int = 0,
+    prefix: str = "eval_linear",
+) -> tuple[LinearHead, dict[str, float]]:
     """Train the probe head on cached (N, D) features; metrics of the final head on train and val."""
     with cpu_threads(1, train_x.device):
-        return _train_linear_probe(train_x, train_y, val_x, val_y, num_classes, epochs, batch_size, optimizer, blr, lr,
-                                   weight_decay, momentum, warmup_epochs, min_lr, seed, prefix)
+        return _train_linear_probe(
+            train_x,
+            train_y,
+            val_x,
+            val_y,
+            num_classes,
+            epochs,
+            batch_size,
+            optimizer,
+            blr,
+            lr,
+            weight_decay,
+            momentum,
+            warmup_epochs,
+            min_lr,
+            seed,
+            prefix,
+        )
 
 
-def _train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
-                        num_classes: int, epochs: int, batch_size: int, optimizer: str, blr: float, lr: float | None,
-                        weight_decay: float, momentum: float, warmup_epochs: float, min_lr: float, seed: int,
-                        prefix: str) -> tuple[LinearHead, dict[str, float]]:
+def _train_linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    num_classes: int,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    blr: float,
+    lr: float | None,
+    weight_decay: float,
+    momentum: float,
+    warmup_epochs: float,
+    min_lr: float,
+    seed: int,
+    prefix: str,
+) -> tuple[LinearHead, dict[str, float]]:
     device = train_x.device
     head = LinearHead(train_x.shape[1], num_classes).to(device)
     n = train_x.shape[0]
@@ -116,7 +171,9 @@ def _train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
     opt = build_optimizer(optimizer, head.parameters(), lr, weight_decay, momentum)
     steps_per_epoch = max(1, n // batch_size)  # drop_last, as MAE's loader
     total = max(1, epochs * steps_per_epoch)
-    schedule = WarmupCosine(min(round(warmup_epochs * steps_per_epoch), total - 1), total, min_factor=min_lr / lr if lr else 0.0)
+    schedule = WarmupCosine(
+        min(round(warmup_epochs * steps_per_epoch), total - 1), total, min_factor=min_lr / lr if lr else 0.0
+    )
     generator = torch.Generator().manual_seed(seed)
     step, loss = 0, torch.tensor(float("nan"))
     head.train()
@@ -125,7 +182,7 @@ def _train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
         for i in range(steps_per_epoch):
             for group in opt.param_groups:
                 group["lr"] = lr * schedule(step)
-            idx = order[i * batch_size:(i + 1) * batch_size]
+            idx = order[i * batch_size : (i + 1) * batch_size]
             loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,13 +191,15 @@ def _train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, val_x: tor
     head.eval()
     with torch.no_grad():
         metrics = accuracy_metrics(prefix, _logits(head, val_x), val_y, num_classes)
-        metrics[f"{prefix}/train_top1"] = accuracy_metrics(prefix, _logits(head, train_x), train_y, num_classes)[f"{prefix}/top1"]
+        metrics[f"{prefix}/train_top1"] = accuracy_metrics(prefix, _logits(head, train_x), train_y, num_classes)[
+            f"{prefix}/top1"
+        ]
     metrics.update({f"{prefix}/final_train_loss": float(loss.detach()), f"{prefix}/lr": lr, f"{prefix}/steps": step})
     return head, metrics
 
 
 def _logits(head: nn.Module, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    return torch.cat([head(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)]) if x.shape[0] else x.new_zeros(0, 1)
+    return torch.cat([head(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)]) if x.shape[0] else x.new_zeros(0, 1)
 
 
 class LinearProbe(Evaluator):
@@ -148,12 +207,26 @@ class LinearProbe(Evaluator):
 
     name = "linear"
 
-    def __init__(self, features: str = "embed", pool: str | None = None, optimizer: str = "lars",
-                 epochs: int = 90, warmup_epochs: float = 10, batch_size: int = 1024, blr: float = 1.6,
-                 lr: float | None = None, weight_decay: float = 0.0, momentum: float = 0.9, min_lr: float = 0.0,
-                 feature_batch_size: int | None = None, feature_cache: str | None = None,
-                 device: str = "auto", precision: str = "auto",
-                 num_classes: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        features: str = "embed",
+        pool: str | None = None,
+        optimizer: str = "lars",
+        epochs: int = 90,
+        warmup_epochs: float = 10,
+        batch_size: int = 1024,
+        blr: float = 1.6,
+        lr: float | None = None,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        min_lr: float = 0.0,
+        feature_batch_size: int | None = None,
+        feature_cache: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        num_classes: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"eval.optimizer must be one of {list(OPTIMIZERS)}, got '{optimizer}'")
         if epochs < 1 or batch_size < 1:
@@ -166,25 +239,44 @@ class LinearProbe(Evaluator):
         self.feature_cache = feature_cache
         self.num_classes, self.seed = num_classes, seed
 
-    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, Any]:
+    def __call__(
+        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
+    ) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
         _, metrics = train_linear_probe(
-            train_x.to(device), train_y.to(device), val_x.to(device), val_y.to(device), num_classes,
-            epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, blr=self.blr, lr=self.lr,
-            weight_decay=self.weight_decay, momentum=self.momentum, warmup_epochs=self.warmup_epochs,
-            min_lr=self.min_lr, seed=self.seed,
+            train_x.to(device),
+            train_y.to(device),
+            val_x.to(device),
+            val_y.to(device),
+            num_classes,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            blr=self.blr,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            warmup_epochs=self.warmup_epochs,
+            min_lr=self.min_lr,
+            seed=self.seed,
         )
-        metrics.update({
-            "eval_linear/features": self.features, "eval_linear/optimizer": self.optimizer,
-            "eval_linear/pool": model.embed_pool if self.features == "embed" else None,
-            "eval_linear/epochs": self.epochs, "eval_linear/batch_size": min(self.batch_size, len(train_y)),
-            "eval_linear/feature_dim": int(train_x.shape[1]),
-            "eval_linear/num_train": int(train_x.shape[0]), "eval_linear/num_val": int(val_x.shape[0]),
-            "eval_linear/precision": precision,
-        })
+        metrics.update(
+            {
+                "eval_linear/features": self.features,
+                "eval_linear/optimizer": self.optimizer,
+                "eval_linear/pool": model.embed_pool if self.features == "embed" else None,
+                "eval_linear/epochs": self.epochs,
+                "eval_linear/batch_size": min(self.batch_size, len(train_y)),
+                "eval_linear/feature_dim": int(train_x.shape[1]),
+                "eval_linear/num_train": int(train_x.shape[0]),
+                "eval_linear/num_val": int(val_x.shape[0]),
+                "eval_linear/precision": precision,
+            }
+        )
         if not math.isfinite(metrics["eval_linear/final_train_loss"]):
-            raise FloatingPointError(f"linear probe diverged (loss {metrics['eval_linear/final_train_loss']}); lower eval.blr")
+            raise FloatingPointError(
+                f"linear probe diverged (loss {metrics['eval_linear/final_train_loss']}); lower eval.blr"
+            )
         return metrics

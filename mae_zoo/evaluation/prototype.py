@@ -24,6 +24,7 @@ layout (image grid, spectrogram, video tubes, point groups) works. They are comp
 frozen encoder and cached in memory (float16) when they fit ``cache_max_gb``, else recomputed each
 epoch. Accuracies are in percent, like the other evaluators.
 """
+
 from __future__ import annotations
 
 import math
@@ -97,13 +98,25 @@ class PrototypeHead(nn.Module):
     belongs to class ``i // J``.
     """
 
-    def __init__(self, dim: int, num_classes: int, prototypes_per_class: int = 20, topk: int = 1,
-                 class_specific: bool = True, init_weight: float = 1.0, init_bias: float | None = -2.0,
-                 eps: float = 1e-4, n_eps_channels: int = 2, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        prototypes_per_class: int = 20,
+        topk: int = 1,
+        class_specific: bool = True,
+        init_weight: float = 1.0,
+        init_bias: float | None = -2.0,
+        eps: float = 1e-4,
+        n_eps_channels: int = 2,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__()
         if num_classes < 1 or prototypes_per_class < 1:
-            raise ConfigError(f"prototype probe needs >= 1 class and prototype per class, "
-                              f"got {num_classes} and {prototypes_per_class}")
+            raise ConfigError(
+                f"prototype probe needs >= 1 class and prototype per class, "
+                f"got {num_classes} and {prototypes_per_class}"
+            )
         self.dim, self.num_classes, self.per_class = dim, num_classes, prototypes_per_class
         self.topk, self.eps, self.n_eps_channels = int(topk), float(eps), int(n_eps_channels)
         self.prototypes = nn.Parameter(torch.rand(num_classes * prototypes_per_class, dim, generator=generator))
@@ -163,7 +176,7 @@ def token_features(model: MaskedAutoencoder, batch: Any, focal: bool = False) ->
     encoded = model.encoder(model.tokenize(batch).inputs)
     if encoded.num_prefix == 0:
         raise ConfigError("focal_similarity needs an encoder with a cls token (encoder.num_prefix > 0)")
-    return encoded.latent[:, encoded.num_prefix:] - encoded.latent[:, :1]
+    return encoded.latent[:, encoded.num_prefix :] - encoded.latent[:, :1]
 
 
 # ----------------------------------------------------------------------------------- the evaluator
@@ -205,10 +218,16 @@ class PrototypeEvaluator(Evaluator):
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"eval.epochs and eval.batch_size must be positive, got {epochs} and {batch_size}")
         if prototypes_per_class < 1 or topk < 1:
-            raise ConfigError(f"eval.prototypes_per_class and eval.topk must be >= 1, "
-                              f"got {prototypes_per_class} and {topk}")
-        self.head_kwargs = dict(prototypes_per_class=prototypes_per_class, topk=topk, class_specific=class_specific,
-                                init_weight=last_layer_init, init_bias=last_layer_bias)
+            raise ConfigError(
+                f"eval.prototypes_per_class and eval.topk must be >= 1, got {prototypes_per_class} and {topk}"
+            )
+        self.head_kwargs = dict(
+            prototypes_per_class=prototypes_per_class,
+            topk=topk,
+            class_specific=class_specific,
+            init_weight=last_layer_init,
+            init_bias=last_layer_bias,
+        )
         self.ortho_weight = float(ortho_weight)
         self.focal = bool(focal_similarity)
         self.epochs, self.batch_size = int(epochs), int(batch_size)
@@ -222,8 +241,9 @@ class PrototypeEvaluator(Evaluator):
 
     # ------------------------------------------------------------------------------- data
     @torch.no_grad()
-    def _tokens(self, model: MaskedAutoencoder, batch: Any, device: torch.device,
-                precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _tokens(
+        self, model: MaskedAutoencoder, batch: Any, device: torch.device, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         labels = MaskedAutoencoder.batch_labels(batch)
         if labels is None:
             raise ConfigError("eval=prototype needs labelled batches ((input, label) tuples or dicts with 'label')")
@@ -233,8 +253,9 @@ class PrototypeEvaluator(Evaluator):
             raise ValueError(f"token features must be (B, L, D), got {tuple(tokens.shape)}")
         return tokens, torch.as_tensor(labels).long().to(device)
 
-    def _extract(self, model: MaskedAutoencoder, loader: Any, device: torch.device,
-                 precision: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _extract(
+        self, model: MaskedAutoencoder, loader: Any, device: torch.device, precision: str
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(N, L, D) float16 tokens and (N,) labels of the whole loader, or None beyond ``cache_max_gb``."""
         tokens_list, labels_list = [], []
         for i, batch in enumerate(loader):
@@ -247,24 +268,31 @@ class PrototypeEvaluator(Evaluator):
             raise ConfigError("the evaluation loader gave no batches")
         return torch.cat(tokens_list), torch.cat(labels_list)
 
-    def _batches(self, model: MaskedAutoencoder, loader: Any, cache: tuple[torch.Tensor, torch.Tensor] | None,
-                 device: torch.device, precision: str,
-                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _batches(
+        self,
+        model: MaskedAutoencoder,
+        loader: Any,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        device: torch.device,
+        precision: str,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Cached: mini-batches of ``batch_size`` (shuffled with ``generator``); else the loader's batches."""
         if cache is not None:
             tokens, labels = cache
             n = labels.shape[0]
             order = torch.randperm(n, generator=generator).to(labels.device) if generator is not None else None
             for i in range(0, n, self.batch_size):
-                idx = order[i:i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
+                idx = order[i : i + self.batch_size] if order is not None else slice(i, i + self.batch_size)
                 yield tokens[idx], labels[idx]
             return
         for batch in loader:
             yield self._tokens(model, batch, device, precision)
 
     # ------------------------------------------------------------------------------- run
-    def __call__(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule,
-                 run_dir: Path) -> dict[str, Any]:
+    def __call__(
+        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
+    ) -> dict[str, Any]:
         start = time.time()
         device = resolve_device(self.device)
         precision = resolve_eval_precision(self.precision, device)
@@ -278,13 +306,15 @@ class PrototypeEvaluator(Evaluator):
         if self.num_classes is not None:
             num_classes = int(self.num_classes)
         else:
-            seen = train_cache[1] if train_cache is not None else torch.cat(
-                [torch.as_tensor(MaskedAutoencoder.batch_labels(b)) for b in train_loader])
+            seen = (
+                train_cache[1]
+                if train_cache is not None
+                else torch.cat([torch.as_tensor(MaskedAutoencoder.batch_labels(b)) for b in train_loader])
+            )
             num_classes = num_classes_of(datamodule, seen.cpu())
         first_tokens, _ = next(self._batches(model, val_loader, val_cache, device, precision))
         generator = torch.Generator().manual_seed(self.seed)
-        head = PrototypeHead(first_tokens.shape[-1], num_classes, generator=generator,
-                             **self.head_kwargs).to(device)  # type: ignore[arg-type]
+        head = PrototypeHead(first_tokens.shape[-1], num_classes, generator=generator, **self.head_kwargs).to(device)  # type: ignore[arg-type]
 
         groups = [
             {"params": [head.prototypes], "lr": self.prototype_lr, "weight_decay": self.prototype_wd},
@@ -346,18 +376,20 @@ class PrototypeEvaluator(Evaluator):
             raise ConfigError("eval=prototype: no labelled validation samples")
         prefix = f"eval_{self.name}"
         metrics: dict[str, Any] = accuracy_metrics(prefix, val_logits, val_labels, num_classes)
-        metrics.update({
-            f"{prefix}/final_train_loss": ce_sum / seen_samples,
-            f"{prefix}/ortho_penalty": ortho_sum / seen_samples,
-            f"{prefix}/prototypes_per_class": head.per_class,
-            f"{prefix}/num_classes": num_classes,
-            f"{prefix}/feature_dim": head.dim,
-            f"{prefix}/num_tokens": int(first_tokens.shape[1]),
-            f"{prefix}/epochs": self.epochs,
-            f"{prefix}/steps": steps,
-            f"{prefix}/num_val": int(val_labels.numel()),
-            f"{prefix}/cached_features": train_cache is not None,
-            f"{prefix}/precision": precision,
-            f"{prefix}/head_wall_s": round(time.time() - start, 2),
-        })
+        metrics.update(
+            {
+                f"{prefix}/final_train_loss": ce_sum / seen_samples,
+                f"{prefix}/ortho_penalty": ortho_sum / seen_samples,
+                f"{prefix}/prototypes_per_class": head.per_class,
+                f"{prefix}/num_classes": num_classes,
+                f"{prefix}/feature_dim": head.dim,
+                f"{prefix}/num_tokens": int(first_tokens.shape[1]),
+                f"{prefix}/epochs": self.epochs,
+                f"{prefix}/steps": steps,
+                f"{prefix}/num_val": int(val_labels.numel()),
+                f"{prefix}/cached_features": train_cache is not None,
+                f"{prefix}/precision": precision,
+                f"{prefix}/head_wall_s": round(time.time() - start, 2),
+            }
+        )
         return metrics

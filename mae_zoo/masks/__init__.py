@@ -1,8 +1,18 @@
 """Mask generators. A new mask is one file here plus one YAML in ``conf/mask/``."""
+
 from mae_zoo.masks.base import MaskConfigError, MaskGenerator, MaskLayoutError, mask_from_scores
 from mae_zoo.masks.block import BlockMask
 from mae_zoo.masks.colored_noise import ColoredNoiseMask
 from mae_zoo.masks.random import RandomMask
 from mae_zoo.masks.tube import TubeMask
 
-__all__ = ["MaskGenerator", "MaskConfigError", "MaskLayoutError", "mask_from_scores", "RandomMask", "BlockMask", "ColoredNoiseMask", "TubeMask"]
+__all__ = [
+    "BlockMask",
+    "ColoredNoiseMask",
+    "MaskConfigError",
+    "MaskGenerator",
+    "MaskLayoutError",
+    "RandomMask",
+    "TubeMask",
+    "mask_from_scores",
+]

@@ -3,6 +3,7 @@
 Masks live outside the encoder (as in lightly): the same encoder runs under any mask, and a mask
 can be handed to ``model(batch, mask=...)`` from outside.
 """
+
 from __future__ import annotations
 
 import fnmatch

@@ -1,4 +1,5 @@
 """BEiT blockwise masking (Bao et al. 2022), generalised from 14x14 to any 2-D token grid."""
+
 from __future__ import annotations
 
 import math
@@ -69,8 +70,8 @@ class BlockMask(MaskGenerator):
         for _ in range(self.max_attempts):
             area = rng.uniform(self.min_block, remaining)
             aspect = math.exp(rng.uniform(*self.log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
+            h = round(math.sqrt(area * aspect))
+            w = round(math.sqrt(area / aspect))
             if w < width and h < height:
                 top = rng.randint(0, height - h)
                 left = rng.randint(0, width - w)

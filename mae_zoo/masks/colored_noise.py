@@ -5,6 +5,7 @@ Gaussian filters in token units: red = low-pass, blue = high-pass, green = band-
 two blurs), purple = white - green (low + high). The ``keep`` tokens with the largest filtered value
 stay visible (top-k), so every sample has exactly ``int(L*(1-r))`` visible tokens.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """GraphMAE's node masking (Hou et al. 2022): hide node features, substitute [MASK] or random nodes."""
+
 from __future__ import annotations
 
 import torch
@@ -41,7 +42,9 @@ class NodeMask(MaskGenerator):
         return mask
 
     def __repr__(self) -> str:
-        return f"{self.name}(ratio={self.ratio}, replace_rate={self.replace_rate}, drop_edge_rate={self.drop_edge_rate})"
+        return (
+            f"{self.name}(ratio={self.ratio}, replace_rate={self.replace_rate}, drop_edge_rate={self.drop_edge_rate})"
+        )
 
 
 class EdgeMask(NodeMask):

@@ -1,4 +1,5 @@
 """MAE's uniform random masking (He et al. 2022)."""
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@ same number of times. True = the decoder does *not* reconstruct that position.
 ``ratio=0`` switches decoder masking off: the decoder then reconstructs exactly the positions the
 encoder hid, which is VideoMAE V1 (the official V2 code does the same when its decoder ratio is 0).
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,7 +43,9 @@ class RunningCellMask(MaskGenerator):
             super().check(layout)  # raises the layout error
         _, h, w = layout.shape
         if self.enabled and (h % 2 or w % 2):
-            raise MaskConfigError(f"running-cell masking tiles a 2x2 cell, so it needs an even (h, w) token grid; got {layout.shape}")
+            raise MaskConfigError(
+                f"running-cell masking tiles a 2x2 cell, so it needs an even (h, w) token grid; got {layout.shape}"
+            )
 
     def generate(self, layout: Layout, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
         if not self.enabled:

@@ -1,4 +1,5 @@
 """VideoMAE tube masking (Tong et al. 2022): one spatial random mask repeated over every time slot."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ of ``N`` nodes; the mask hides node features, the encoder sees the whole graph w
 features replaced ([MASK] token or random nodes), a bias-free linear map plus re-masking (hidden
 rows zeroed) feeds a one-layer GNN decoder, and the loss is the scaled cosine error on hidden nodes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -37,15 +38,18 @@ class GraphMAE(MaskedAutoencoder):
 
     datamodule_class = "mae_zoo.data.graph.SBMDataModule"
 
-    def __init__(self, encoder: dict, decoder: dict, in_dim: int | None = None, pooling: str | None = None,
-                 **shared: Any) -> None:
+    def __init__(
+        self, encoder: dict, decoder: dict, in_dim: int | None = None, pooling: str | None = None, **shared: Any
+    ) -> None:
         super().__init__(**shared)
         self.set_layout(Layout("graph"))
         if not isinstance(self.mask_generator, NodeMask):  # a node mask declares the corruption rates
             raise ConfigError(f"GraphMAE needs a node mask (mask=node or mask=edge), got {self.mask_generator.name}")
         self.node_mask: NodeMask = self.mask_generator
         if pooling is not None and pooling not in POOLINGS:
-            raise ConfigError(f"module.pooling must be null (node embeddings) or one of {list(POOLINGS)}, got '{pooling}'")
+            raise ConfigError(
+                f"module.pooling must be null (node embeddings) or one of {list(POOLINGS)}, got '{pooling}'"
+            )
         if encoder.get("kind") not in ("gat", "gin") or decoder.get("kind") not in ("gat", "gin"):
             raise ConfigError("model.encoder.kind and model.decoder.kind must be 'gat' or 'gin'")
         self.pooling = pooling
@@ -61,12 +65,30 @@ class GraphMAE(MaskedAutoencoder):
         enc, dec = dict(self.hparams["encoder"]), dict(self.hparams["decoder"])
         hidden = int(enc["hidden"])
         shared = {k: enc[k] for k in _SHARED_KEYS if k in enc}
-        self.encoder = GNN(enc["kind"], in_dim, hidden=hidden, out_dim=hidden, layers=int(enc["layers"]),
-                           encoding=True, heads=int(enc.get("heads", 1)), out_heads=int(enc.get("heads", 1)), **shared)
+        self.encoder = GNN(
+            enc["kind"],
+            in_dim,
+            hidden=hidden,
+            out_dim=hidden,
+            layers=int(enc["layers"]),
+            encoding=True,
+            heads=int(enc.get("heads", 1)),
+            out_heads=int(enc.get("heads", 1)),
+            **shared,
+        )
         # Official: encoder_to_decoder is a bias-free Linear, then hidden rows are zeroed (re-mask).
         self.encoder_to_decoder = nn.Linear(hidden, hidden, bias=False)
-        self.decoder = GNN(dec["kind"], hidden, hidden=hidden, out_dim=in_dim, layers=1, encoding=False,
-                           heads=int(enc.get("heads", 1)), out_heads=int(dec.get("heads", 1)), **shared)
+        self.decoder = GNN(
+            dec["kind"],
+            hidden,
+            hidden=hidden,
+            out_dim=in_dim,
+            layers=1,
+            encoding=False,
+            heads=int(enc.get("heads", 1)),
+            out_heads=int(dec.get("heads", 1)),
+            **shared,
+        )
         # Zero-initialised and *added* to zeroed features of token nodes, as the official enc_mask_token.
         self.mask_token = nn.Parameter(torch.zeros(1, in_dim))
         self.in_dim = in_dim
@@ -94,8 +116,13 @@ class GraphMAE(MaskedAutoencoder):
         layout = Layout("graph", shape=(x.shape[0],), extra={"edge_index": batch.edge_index})
         return Tokens(inputs=x.unsqueeze(0), target=x.unsqueeze(0), layout=layout)
 
-    def encode(self, tokens: Tokens, mask: torch.Tensor | None, generator: torch.Generator | None = None,
-               keep: Sequence[int] = ()) -> Encoded:
+    def encode(
+        self,
+        tokens: Tokens,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        keep: Sequence[int] = (),
+    ) -> Encoded:
         """The encoder on the whole graph; with a mask, hidden nodes' features corrupted and DropEdge
         applied (in the official draw order). ``keep``: GNN layers whose outputs to return."""
         x, edge_index = tokens.inputs[0], tokens.layout.extra["edge_index"]

@@ -1,4 +1,5 @@
 """Image MAE (He et al. 2022), faithful to facebookresearch/mae ``models_mae.py``."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -46,7 +47,9 @@ class ImageMAE(PixelMAE):
         self.set_layout(Layout("grid", ("h", "w"), grid))
         enc_dim, dec_dim = encoder["embed_dim"], decoder["embed_dim"]
         self.encoder = ViTEncoder(
-            PatchProjection(in_chans, (patch_size, patch_size), enc_dim), sincos_2d(enc_dim, *grid, cls_token=True), **encoder
+            PatchProjection(in_chans, (patch_size, patch_size), enc_dim),
+            sincos_2d(enc_dim, *grid, cls_token=True),
+            **encoder,
         )
         self.decoder = MAEDecoder(
             enc_dim, sincos_2d(dec_dim, *grid, cls_token=True), patch_size * patch_size * in_chans, **decoder

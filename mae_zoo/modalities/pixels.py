@@ -1,5 +1,6 @@
 """What the pixel modalities (image, video) share: square frames cut into patches, the input
 normalisation, the pooling choice and the reconstruction views."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ class PixelStats(nn.Module):
     """Per-channel input normalisation (``pixel_mean``, ``pixel_std``; None: 0 and 1) of images
     (B, C, H, W) or clips (B, C, T, H, W). Non-persistent buffers: checkpoints stay data-agnostic."""
 
-    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int, spatial_dims: int) -> None:
+    def __init__(
+        self, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int, spatial_dims: int
+    ) -> None:
         super().__init__()
         self.channels, self.spatial_dims = channels, spatial_dims
         self.register_buffer("mean", torch.tensor(mean if mean is not None else [0.0] * channels), persistent=False)
@@ -33,8 +36,9 @@ class PixelStats(nn.Module):
         return tokens * self.std.repeat(reps) + self.mean.repeat(reps)
 
     @staticmethod
-    def views(target: torch.Tensor, pred: torch.Tensor, hidden: torch.Tensor,
-              predicted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def views(
+        target: torch.Tensor, pred: torch.Tensor, hidden: torch.Tensor, predicted: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Token-space pictures in [0, 1] units: the input, the input with hidden tokens grey, and the
         reconstruction (visible tokens pasted in; hidden tokens the decoder did not predict stay grey)."""
         hidden_f = hidden[..., None].to(target.dtype)
@@ -53,8 +57,16 @@ class PixelMAE(MaskedAutoencoder):
     spatial_dims: int = 2  # 2: images (B, C, H, W); 3: clips (B, C, T, H, W)
     frame_name: str = "image size"
 
-    def __init__(self, img_size: int = 32, in_chans: int = 3, patch_size: int = 4, embed_pool: str | None = None,
-                 pixel_mean: list[float] | None = None, pixel_std: list[float] | None = None, **shared: Any) -> None:
+    def __init__(
+        self,
+        img_size: int = 32,
+        in_chans: int = 3,
+        patch_size: int = 4,
+        embed_pool: str | None = None,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
+        **shared: Any,
+    ) -> None:
         super().__init__(**shared)
         check_patch_size(patch_size, img_size, self.frame_name)
         self.embed_pool = self.check_embed_pool(embed_pool or self.embed_pools[0])

@@ -21,6 +21,7 @@ positions, which is V1.
 Clips are (B, C, T, H, W) (the official layout; HF takes (B, T, C, H, W)). Tokens, masks and
 ``model(batch, mask=...)`` use the (t, h, w) flattening order, i.e. HF's ``bool_masked_pos``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -70,8 +71,10 @@ class VideoMAE(PixelMAE):
     def __init__(self, encoder: dict, decoder: dict, num_frames: int = 16, tubelet_size: int = 2, **pixel: Any) -> None:
         super().__init__(**pixel)
         if num_frames % tubelet_size:
-            raise ConfigError(f"model.tubelet_size={tubelet_size} does not divide data.num_frames={num_frames}; "
-                              f"valid: {divisors(num_frames)}")
+            raise ConfigError(
+                f"model.tubelet_size={tubelet_size} does not divide data.num_frames={num_frames}; "
+                f"valid: {divisors(num_frames)}"
+            )
         self.tubelet_size = tubelet_size
         patch_size, in_chans = self.patch_size, self.in_chans
         grid = (num_frames // tubelet_size, self.img_size // patch_size, self.img_size // patch_size)
@@ -96,8 +99,10 @@ class VideoMAE(PixelMAE):
             raise ValueError(f"expected clips (B, {self.in_chans}, T, H, W), got {tuple(videos.shape)}")
         _, _, frames, height, width = videos.shape
         if frames % self.tubelet_size or height % self.patch_size or width % self.patch_size:
-            raise ValueError(f"clip {tuple(videos.shape[2:])} is not a multiple of (tubelet, patch, patch) = "
-                             f"({self.tubelet_size}, {self.patch_size}, {self.patch_size})")
+            raise ValueError(
+                f"clip {tuple(videos.shape[2:])} is not a multiple of (tubelet, patch, patch) = "
+                f"({self.tubelet_size}, {self.patch_size}, {self.patch_size})"
+            )
         grid = (frames // self.tubelet_size, height // self.patch_size, width // self.patch_size)
         layout = self.layout if grid == self.grid else Layout("grid", ("t", "h", "w"), grid)
         inputs = tubeletify(videos, self.tubelet_size, self.patch_size)
@@ -105,8 +110,13 @@ class VideoMAE(PixelMAE):
         target = tubeletify(self.pixels.unnormalize(videos), self.tubelet_size, self.patch_size)
         return Tokens(inputs=inputs, target=target, layout=layout)
 
-    def encode(self, tokens: Tokens, mask: torch.Tensor | None, generator: torch.Generator | None = None,
-               keep: Sequence[int] = ()) -> Encoded:
+    def encode(
+        self,
+        tokens: Tokens,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        keep: Sequence[int] = (),
+    ) -> Encoded:
         # The grid travels with the tokens: clips of another size resample the position table.
         return self.encoder(tokens.inputs, mask, tokens.layout.shape, keep=keep)
 

@@ -5,6 +5,7 @@ dropout before every layer, an activation (and norm/residual when configured) af
 layer, and on the last layer only when the stack is an encoder (``encoding=True``); a decoder's
 last layer is linear. Initialisation follows the official GATConv (Xavier-normal, gain sqrt(2)).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -40,14 +41,34 @@ def make_norm(name: str | None, dim: int) -> nn.Module:
 class GATLayer(nn.Module):
     """One GraphMAE GAT layer: dropout -> GATConv (heads concatenated) -> residual -> norm -> activation."""
 
-    def __init__(self, in_dim: int, out_per_head: int, heads: int, feat_drop: float, attn_drop: float,
-                 negative_slope: float, residual: bool, norm: str | None, activation: str | None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_per_head: int,
+        heads: int,
+        feat_drop: float,
+        attn_drop: float,
+        negative_slope: float,
+        residual: bool,
+        norm: str | None,
+        activation: str | None,
+    ) -> None:
         super().__init__()
         out_dim = out_per_head * heads
         self.feat_drop = nn.Dropout(feat_drop)
-        self.conv = GATConv(in_dim, out_per_head, heads=heads, concat=True, negative_slope=negative_slope,
-                            dropout=attn_drop, add_self_loops=True, bias=True)
-        self.res_fc = (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+        self.conv = GATConv(
+            in_dim,
+            out_per_head,
+            heads=heads,
+            concat=True,
+            negative_slope=negative_slope,
+            dropout=attn_drop,
+            add_self_loops=True,
+            bias=True,
+        )
+        self.res_fc = (
+            (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+        )
         self.norm = make_norm(norm, out_dim)
         self.act = make_activation(activation)
         self.reset_parameters()
@@ -73,8 +94,9 @@ class GINMLP(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out_dim: int, norm: str | None, activation: str, post: bool) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), make_norm(norm, hidden), make_activation(activation),
-                                 nn.Linear(hidden, out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_dim, hidden), make_norm(norm, hidden), make_activation(activation), nn.Linear(hidden, out_dim)
+        )
         self.post = nn.Sequential(make_norm(norm, out_dim), make_activation(activation)) if post else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,12 +106,23 @@ class GINMLP(nn.Module):
 class GINLayer(nn.Module):
     """One GraphMAE GIN layer: dropout -> sum aggregation with fixed eps 0 -> MLP (-> residual)."""
 
-    def __init__(self, in_dim: int, hidden: int, out_dim: int, dropout: float, norm: str | None,
-                 activation: str, post: bool, residual: bool) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        out_dim: int,
+        dropout: float,
+        norm: str | None,
+        activation: str,
+        post: bool,
+        residual: bool,
+    ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.conv = GINConv(GINMLP(in_dim, hidden, out_dim, norm, activation, post), eps=0.0, train_eps=False)
-        self.res_fc = (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+        self.res_fc = (
+            (nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)) if residual else None
+        )
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
@@ -101,10 +134,23 @@ class GNN(nn.Module):
     """A stack of GAT or GIN layers. ``out_dim`` is the width of the last layer's output (for GAT:
     per head times ``out_heads``); returns node features (N, out_dim)."""
 
-    def __init__(self, kind: str, in_dim: int, hidden: int, out_dim: int, layers: int, encoding: bool,
-                 heads: int = 1, out_heads: int = 1, activation: str = "prelu", feat_drop: float = 0.0,
-                 attn_drop: float = 0.0, negative_slope: float = 0.2, residual: bool = False,
-                 norm: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        in_dim: int,
+        hidden: int,
+        out_dim: int,
+        layers: int,
+        encoding: bool,
+        heads: int = 1,
+        out_heads: int = 1,
+        activation: str = "prelu",
+        feat_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        negative_slope: float = 0.2,
+        residual: bool = False,
+        norm: str | None = None,
+    ) -> None:
         super().__init__()
         if kind not in ("gat", "gin"):
             raise ConfigError(f"model.kind must be 'gat' or 'gin', got '{kind}'")
@@ -117,27 +163,62 @@ class GNN(nn.Module):
         self.layers = nn.ModuleList()
         if kind == "gat":
             if hidden % heads or out_dim % out_heads:
-                raise ConfigError(f"GAT widths must divide by the heads: hidden {hidden} / heads {heads}, "
-                                  f"out {out_dim} / out_heads {out_heads}")
+                raise ConfigError(
+                    f"GAT widths must divide by the heads: hidden {hidden} / heads {heads}, "
+                    f"out {out_dim} / out_heads {out_heads}"
+                )
             dims = [in_dim] + [hidden] * (layers - 1)
             for i in range(layers - 1):
-                self.layers.append(GATLayer(dims[i], hidden // heads, heads, feat_drop, attn_drop, negative_slope,
-                                            residual, norm, activation))
-            self.layers.append(GATLayer(dims[-1], out_dim // out_heads, out_heads, feat_drop, attn_drop,
-                                        negative_slope, last_res, last_norm, last_act))
+                self.layers.append(
+                    GATLayer(
+                        dims[i],
+                        hidden // heads,
+                        heads,
+                        feat_drop,
+                        attn_drop,
+                        negative_slope,
+                        residual,
+                        norm,
+                        activation,
+                    )
+                )
+            self.layers.append(
+                GATLayer(
+                    dims[-1],
+                    out_dim // out_heads,
+                    out_heads,
+                    feat_drop,
+                    attn_drop,
+                    negative_slope,
+                    last_res,
+                    last_norm,
+                    last_act,
+                )
+            )
         else:
             dims = [in_dim] + [hidden] * (layers - 1)
             for i in range(layers - 1):
                 self.layers.append(GINLayer(dims[i], hidden, hidden, feat_drop, norm, activation, True, residual))
             # The last layer's MLP ends linear in a decoder; an encoder adds norm + activation after it.
-            self.layers.append(GINLayer(dims[-1], hidden, out_dim, feat_drop, norm, activation,
-                                        post=encoding and norm is not None, residual=last_res))
+            self.layers.append(
+                GINLayer(
+                    dims[-1],
+                    hidden,
+                    out_dim,
+                    feat_drop,
+                    norm,
+                    activation,
+                    post=encoding and norm is not None,
+                    residual=last_res,
+                )
+            )
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         return self.forward_layers(x, edge_index)[0]
 
-    def forward_layers(self, x: torch.Tensor, edge_index: torch.Tensor,
-                       keep: Sequence[int] = ()) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_layers(
+        self, x: torch.Tensor, edge_index: torch.Tensor, keep: Sequence[int] = ()
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The output and the outputs of the layers in ``keep`` (negative: from the last)."""
         depth = len(self.layers)
         if any(not -depth <= int(i) < depth for i in keep):
@@ -158,8 +239,13 @@ def split_counts(num_masked: int, replace_rate: float) -> tuple[int, int]:
     return int((1.0 - replace_rate) * num_masked), int(replace_rate * num_masked)
 
 
-def corrupt_nodes(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor, replace_rate: float,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def corrupt_nodes(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mask_token: torch.Tensor,
+    replace_rate: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GraphMAE's encoder input (the official ``encoding_mask_noise``) for node features ``x`` (N, F)
     and hidden nodes ``mask`` (N,): of the ``M`` hidden nodes, ``int((1 - replace_rate) * M)`` are
     zeroed and get the learnable [MASK] vector added ("token" nodes), the last ``int(replace_rate * M)``
@@ -173,7 +259,7 @@ def corrupt_nodes(x: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor,
     out = x.clone()
     out[token_nodes] = 0.0
     if num_noise > 0:
-        noise_nodes = order[masked.numel() - num_noise:]
+        noise_nodes = order[masked.numel() - num_noise :]
         sources = torch.randperm(x.shape[0], generator=generator)[:num_noise].to(x.device)
         out[noise_nodes] = x[sources]
     out[token_nodes] = out[token_nodes] + mask_token.to(out.dtype)

@@ -1,5 +1,6 @@
 """Fixed sin-cos position tables (computed in float64, stored in float32): MAE's 2-D table and
 VideoMAE's 1-D table over flattened (t, h, w) positions, resampled for other grid sizes."""
+
 from __future__ import annotations
 
 import math
@@ -71,5 +72,3 @@ class PositionTable(nn.Module):
 
     def forward(self, grid: Grid) -> torch.Tensor:
         return interpolate_table(self.table, self.grid, grid)  # type: ignore[arg-type]
-
-

@@ -1,5 +1,6 @@
 """VideoMAE networks: attention with q/v biases, the tubelet encoder on visible tokens and the decoder
 that predicts only the positions it is asked for (official VideoMAE / VideoMAE V2 layout)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ class QVBiasAttention(Attention):
         b, n, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.attn_drop.p if self.training else 0.0
+        )
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, self.attn_dim)))
 
 
@@ -51,15 +53,18 @@ class VideoEncoder(TransformerStack):
         self.patch_embed = patch_embed
         self.pos = PositionTable(grid, embed_dim)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, grid: Grid | None = None,
-                keep: Sequence[int] = ()) -> Encoded:
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None = None, grid: Grid | None = None, keep: Sequence[int] = ()
+    ) -> Encoded:
         pos = self.pos(grid or self.pos.grid).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
         visible = None
         if mask is not None:
             visible = Visible.from_mask(mask)
             if visible.padding is not None:
-                raise ValueError("VideoMAE drops hidden tokens, so every clip needs the same number hidden "
-                                 "(use an exact-count mask: tube or random)")
+                raise ValueError(
+                    "VideoMAE drops hidden tokens, so every clip needs the same number hidden "
+                    "(use an exact-count mask: tube or random)"
+                )
             tokens, pos = visible.gather(tokens), visible.gather(pos)
         latent, hidden = self.forward_blocks(self.patch_embed(tokens) + pos, keep=keep)
         return Encoded(latent, visible, 0, hidden)
@@ -70,16 +75,25 @@ class VideoDecoder(TransformerStack):
     predicting only the reconstructed positions (the official order; no unshuffling is needed
     because positions travel with the tokens)."""
 
-    def __init__(self, encoder_dim: int, grid: Grid, out_dim: int, embed_dim: int = 384, depth: int = 4,
-                 num_heads: int = 6, **stack: Any) -> None:
+    def __init__(
+        self,
+        encoder_dim: int,
+        grid: Grid,
+        out_dim: int,
+        embed_dim: int = 384,
+        depth: int = 4,
+        num_heads: int = 6,
+        **stack: Any,
+    ) -> None:
         super().__init__(embed_dim, depth, num_heads, attn_layer=QVBiasAttention, **stack)
         self.decoder_embed = nn.Linear(encoder_dim, embed_dim, bias=False)  # official: encoder_to_decoder
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos = PositionTable(grid, embed_dim)
         self.head = nn.Linear(embed_dim, out_dim)
 
-    def forward(self, encoded: Encoded, reconstruct: torch.Tensor, grid: Grid | None = None,
-                keep: Sequence[int] = ()) -> Decoded:
+    def forward(
+        self, encoded: Encoded, reconstruct: torch.Tensor, grid: Grid | None = None, keep: Sequence[int] = ()
+    ) -> Decoded:
         """(B, L, out_dim) predictions at the ``reconstruct`` positions, zero elsewhere."""
         visible = encoded.visible
         if visible is None:

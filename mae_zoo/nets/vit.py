@@ -3,6 +3,7 @@
 Attribute names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
 ``pos_embed``, ``blocks``, ``norm``), so the encoder's state dict is already timm-native.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,7 +105,12 @@ class ViTEncoder(TransformerStack):
     """MAE encoder: embed the visible patches, add fixed positions, prepend cls, run the blocks."""
 
     def __init__(
-        self, patch_embed: PatchProjection, pos_table: torch.Tensor, embed_dim: int, cls_token: bool = True, **stack: Any
+        self,
+        patch_embed: PatchProjection,
+        pos_table: torch.Tensor,
+        embed_dim: int,
+        cls_token: bool = True,
+        **stack: Any,
     ) -> None:
         """``stack``: the :class:`TransformerStack` sizes (depth, num_heads, mlp_ratio, ...)."""
         super().__init__(embed_dim, **stack)

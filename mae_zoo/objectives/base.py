@@ -5,6 +5,7 @@ An objective is an ``nn.Module`` built from the ``objective`` config group (``co
 positions it scores. ``positions`` (hidden | visible | all) says which positions those are, so a
 method that scores every token (G2SD) or only the visible ones (MaskAlign) is a config value.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -44,7 +45,9 @@ class Objective(torch.nn.Module, ABC):
         return {"_target_": f"{cls.__module__}.{cls.__qualname__}", **kwargs}
 
     @abstractmethod
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss over the ``score`` positions, the target as the loss compared it)."""
 
     def denormalize(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """GraphMAE's scaled cosine error (Hou et al. 2022)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,7 +19,9 @@ class ScaledCosineError(Objective):
             raise ConfigError(f"objective.alpha (the SCE scaling exponent) must be >= 1, got {alpha}")
         self.alpha = float(alpha)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         pred = F.normalize(pred.float(), p=2, dim=-1)
         target = F.normalize(target.float(), p=2, dim=-1)
         per_token = (1.0 - (pred * target).sum(dim=-1)).pow(self.alpha)

@@ -1,5 +1,6 @@
 """Masked mean squared error on pixels: MAE's per-token normalised target and VideoMAE's per-tube,
 per-channel one."""
+
 from __future__ import annotations
 
 import torch
@@ -16,7 +17,9 @@ class MaskedMSE(Objective):
         self.norm_pix_loss = norm_pix_loss
         self.eps = eps
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         target = target.float()
         if self.norm_pix_loss:
             target = normalize_per_token(target, self.eps)
@@ -35,7 +38,9 @@ class TubeNormalizedMSE(Objective):
     std, eps outside the square root), then the mean squared error over the scored tokens.
     ``channels``: the clip's channels, the fastest index of a flattened tube."""
 
-    def __init__(self, channels: int = 3, norm_pix_loss: bool = True, eps: float = 1e-6, positions: str = "hidden") -> None:
+    def __init__(
+        self, channels: int = 3, norm_pix_loss: bool = True, eps: float = 1e-6, positions: str = "hidden"
+    ) -> None:
         super().__init__(positions)
         self.channels, self.norm_pix_loss, self.eps = channels, norm_pix_loss, eps
 
@@ -49,7 +54,9 @@ class TubeNormalizedMSE(Objective):
         mean, std = self.stats(target)
         return (target.float() - mean) / std
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         target = self.normalize(target) if self.norm_pix_loss else target.float()
         per_token = (pred.float() - target).pow(2).mean(dim=-1)
         return masked_mean(per_token, score), target

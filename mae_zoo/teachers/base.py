@@ -1,6 +1,7 @@
 """The teacher contract. ``teacher=none`` (the default) keeps the tokenizer's target; a teacher is a
 frozen module that maps a batch to per-token target features (B, L, D), in the same token order
 as the student's tokenizer. The student's decoder must predict D features per token."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

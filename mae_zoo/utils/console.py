@@ -1,4 +1,5 @@
 """A readable config dump at start-up (rich tree, one branch per config group)."""
+
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,12 @@ def print_config_tree(cfg: DictConfig, console: Console | None = None) -> None:
         text = OmegaConf.to_yaml(cfg[key], resolve=True).rstrip() or "{}"
         branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     if scalars:
-        tree.add(Syntax(OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(), "yaml",
-                        theme="ansi_dark", background_color="default"))
+        tree.add(
+            Syntax(
+                OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True).rstrip(),
+                "yaml",
+                theme="ansi_dark",
+                background_color="default",
+            )
+        )
     console.print(tree)

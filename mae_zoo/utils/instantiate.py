@@ -1,4 +1,5 @@
 """Building objects from config so that our own ConfigError reaches the user as one line."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Logger factories. W&B mode comes from WANDB_MODE (online/offline/disabled), never from YAML."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,14 @@ def _sweep_info() -> tuple[str | None, str | None, list[str]]:
     return group, str(hc.job.get("num", "")), [t for t in tags if len(t) <= 64]
 
 
-def wandb_logger(save_dir: str, project: str = "mae_zoo", name: str | None = None, group: str | None = None,
-                 tags: list[str] | None = None, entity: str | None = None) -> WandbLogger:
+def wandb_logger(
+    save_dir: str,
+    project: str = "mae_zoo",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    entity: str | None = None,
+) -> WandbLogger:
     """A WandbLogger whose run id is kept in the run folder, so a resumed run continues the same W&B run.
 
     In a Hydra multirun, ``group`` defaults to the sweep folder, the name gets the job number and the
@@ -57,8 +64,16 @@ def wandb_logger(save_dir: str, project: str = "mae_zoo", name: str | None = Non
         run_id = "".join(secrets.choice(alphabet) for _ in range(8))  # W&B's own id format
         if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))) == 0:
             id_file.write_text(run_id + "\n")
-    return WandbLogger(project=project, name=name, group=group, tags=list(tags or []), entity=entity,
-                       save_dir=str(run_dir), id=run_id, resume="allow")
+    return WandbLogger(
+        project=project,
+        name=name,
+        group=group,
+        tags=list(tags or []),
+        entity=entity,
+        save_dir=str(run_dir),
+        id=run_id,
+        resume="allow",
+    )
 
 
 class WandbResolvedConfig(Callback):
@@ -71,7 +86,7 @@ class WandbResolvedConfig(Callback):
         if any("wandb" in str((c or {}).get("_target_", "")) for c in (cfg.get("logger") or {}).values()):
             try:
                 self.config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-            except Exception:  # noqa: BLE001 - an unresolvable value: log the config as written
+            except Exception:
                 self.config = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -88,9 +103,11 @@ def log_final_metrics(loggers: list, metrics: dict[str, Any]) -> None:
     for logger in loggers:
         if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
             try:  # a dashboard extra must never fail a finished run
-                logger.log_table(key="final/metrics", columns=["metric", "value"], data=[[k, float(v)] for k, v in numbers.items()])
+                logger.log_table(
+                    key="final/metrics", columns=["metric", "value"], data=[[k, float(v)] for k, v in numbers.items()]
+                )
                 logger.experiment.summary.update(metrics)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 warnings.warn(f"W&B: could not log the final metrics table: {err}", stacklevel=2)
 
 

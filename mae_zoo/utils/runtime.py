@@ -1,4 +1,5 @@
 """Start-up decisions: precision, strategy, resume checkpoint, launch checks, run-folder records."""
+
 from __future__ import annotations
 
 import glob
@@ -45,8 +46,10 @@ def slurm_count(value: Any, key: str = "trainer.devices") -> int:
     """Resolver ``${mae_zoo.slurm_count:${trainer.devices},trainer.devices}``: the launcher's tasks/nodes
     per job must be a plain integer (Slurm starts that many ranks); anything else is a clear error."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r}: under Slurm set it to an integer ≥ 1 (the number of ranks per node "
-                          "that Slurm starts; Lightning checks that the two agree)")
+        raise ConfigError(
+            f"{key}={value!r}: under Slurm set it to an integer ≥ 1 (the number of ranks per node "
+            "that Slurm starts; Lightning checks that the two agree)"
+        )
     return value
 
 
@@ -103,14 +106,19 @@ def check_launch(cfg: DictConfig, multirun: bool, launcher: str | None) -> None:
     every child rank, so each child would start a sweep of its own.
     """
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if cfg.strategy.name == "fsdp" and (accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())):
+    if cfg.strategy.name == "fsdp" and (
+        accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    ):
         raise ConfigError(
             "strategy=fsdp needs CUDA GPUs (Lightning's FSDPStrategy refuses the CPU accelerator); on CPU use "
-            "strategy=ddp (ranks from srun/torchrun/Lightning) or strategy=ddp_spawn")
+            "strategy=ddp (ranks from srun/torchrun/Lightning) or strategy=ddp_spawn"
+        )
     devices = cfg.trainer.get("devices", 1)
-    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or (
-        isinstance(devices, (list, str)) and str(devices) not in ("1", "auto")
-    ) or int(cfg.trainer.get("num_nodes", 1)) > 1
+    many = (
+        (isinstance(devices, int) and (devices > 1 or devices == -1))
+        or (isinstance(devices, (list, str)) and str(devices) not in ("1", "auto"))
+        or int(cfg.trainer.get("num_nodes", 1)) > 1
+    )
     subprocess_ddp = cfg.strategy.name in ("ddp", "fsdp", "auto") and many
     if multirun and launcher == "basic" and subprocess_ddp and not launched_externally():
         raise ConfigError(
@@ -149,7 +157,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def git_revision(root: Path) -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
         rev = git("rev-parse", "HEAD")
@@ -159,9 +169,19 @@ def git_revision(root: Path) -> str:
     return f"{rev}{' (dirty)' if dirty else ''}" if rev else "unknown (not a git checkout)"
 
 
-SLURM_RECORD_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT",
-                     "SLURM_JOB_NAME", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_NNODES",
-                     "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_CPUS_PER_TASK")
+SLURM_RECORD_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_RESTART_COUNT",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_PARTITION",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NNODES",
+    "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_CPUS_PER_TASK",
+)
 
 
 def write_run_records(cfg: DictConfig, run_dir: Path) -> None:

@@ -6,6 +6,7 @@ writes it again by hand (e.g. after jobs were requeued or a launcher was interru
 Each row is one job folder that holds ``.hydra/overrides.yaml``: its overrides and the final numbers
 of its ``metrics.json`` (``status`` is ``missing`` for a job that wrote none: failed or still running).
 """
+
 from __future__ import annotations
 
 import csv

@@ -5,21 +5,21 @@ VideoMAE V2 pre-training checkpoints.
 Our names follow the official code except two (``decoder.decoder_embed`` and ``decoder.mask_token``),
 so the official map is nearly the identity. HF splits the fused ``qkv`` projection into
 ``query``/``key``/``value`` (rows ``[W_q; W_k; W_v]``, in that order) and has no key bias, which
-matches VideoMAE's ``q_bias``/``v_bias`` (``qv_bias=True``). Full map (``i`` = block index)::
+matches VideoMAE's ``q_bias``/``v_bias`` (``qv_bias=True``). Full map (``i`` = block index; HF splits qkv)::
 
-    ours                                    official                          HF VideoMAEForPreTraining
-    encoder.patch_embed.proj.{weight,bias}  (same)                            videomae.embeddings.patch_embeddings.projection.*
-    encoder.blocks.i.norm1                  (same)                            videomae.encoder.layer.i.layernorm_before
-    encoder.blocks.i.attn.qkv.weight        (same)                            ...attention.attention.{query,key,value}.weight (split)
-    encoder.blocks.i.attn.q_bias / v_bias   (same)                            ...attention.attention.query.bias / value.bias
-    encoder.blocks.i.attn.proj              (same)                            ...attention.output.dense
-    encoder.blocks.i.norm2                  (same)                            ...layernorm_after
-    encoder.blocks.i.mlp.fc1 / fc2          (same)                            ...intermediate.dense / output.dense
-    encoder.norm                            (same)                            videomae.layernorm
-    decoder.decoder_embed.weight            encoder_to_decoder.weight         encoder_to_decoder.weight
-    decoder.mask_token                      mask_token                        mask_token
-    decoder.blocks.i.<as encoder>           decoder.blocks.i.<same>           decoder.decoder_layers.i.<as encoder>
-    decoder.norm, decoder.head              (same)                            decoder.norm, decoder.head
+    ours                                    official                    HF VideoMAEForPreTraining
+    encoder.patch_embed.proj.{weight,bias}  (same)                      videomae.embeddings.patch_embeddings.projection
+    encoder.blocks.i.norm1                  (same)                      videomae.encoder.layer.i.layernorm_before
+    encoder.blocks.i.attn.qkv.weight        (same)                      ...attention.attention.{query,key,value}.weight
+    encoder.blocks.i.attn.q_bias / v_bias   (same)                      ...attention.attention.query.bias / value.bias
+    encoder.blocks.i.attn.proj              (same)                      ...attention.output.dense
+    encoder.blocks.i.norm2                  (same)                      ...layernorm_after
+    encoder.blocks.i.mlp.fc1 / fc2          (same)                      ...intermediate.dense / output.dense
+    encoder.norm                            (same)                      videomae.layernorm
+    decoder.decoder_embed.weight            encoder_to_decoder.weight   encoder_to_decoder.weight
+    decoder.mask_token                      mask_token                  mask_token
+    decoder.blocks.i.<as encoder>           decoder.blocks.i.<same>     decoder.decoder_layers.i.<as encoder>
+    decoder.norm, decoder.head              (same)                      decoder.norm, decoder.head
 
 Position tables are fixed sinusoids recomputed by all three, never stored. Two HF settings matter
 for equality: ``use_mean_pooling=False`` (otherwise HF drops the encoder's final LayerNorm) and the
@@ -28,6 +28,7 @@ in predictions is ~1e-5, see ``tests/test_video_oracle.py``). HF also hard-codes
 for un-normalising the target; ours takes them from the data config (ImageNet by default).
 ``transformers`` is a dev extra, imported only inside the functions that need it.
 """
+
 from __future__ import annotations
 
 import re
@@ -94,12 +95,18 @@ _HF_TOP_INV = {v: k for k, v in _HF_TOP.items()}
 _HF_STACKS = {"encoder.blocks": "videomae.encoder.layer", "decoder.blocks": "decoder.decoder_layers"}
 _HF_STACKS_INV = {v: k for k, v in _HF_STACKS.items()}
 _HF_IN_BLOCK = {  # (our module path, kind) -> HF path
-    ("norm1", "weight"): "layernorm_before.weight", ("norm1", "bias"): "layernorm_before.bias",
-    ("norm2", "weight"): "layernorm_after.weight", ("norm2", "bias"): "layernorm_after.bias",
-    ("attn.proj", "weight"): "attention.output.dense.weight", ("attn.proj", "bias"): "attention.output.dense.bias",
-    ("mlp.fc1", "weight"): "intermediate.dense.weight", ("mlp.fc1", "bias"): "intermediate.dense.bias",
-    ("mlp.fc2", "weight"): "output.dense.weight", ("mlp.fc2", "bias"): "output.dense.bias",
-    ("attn", "q_bias"): "attention.attention.query.bias", ("attn", "v_bias"): "attention.attention.value.bias",
+    ("norm1", "weight"): "layernorm_before.weight",
+    ("norm1", "bias"): "layernorm_before.bias",
+    ("norm2", "weight"): "layernorm_after.weight",
+    ("norm2", "bias"): "layernorm_after.bias",
+    ("attn.proj", "weight"): "attention.output.dense.weight",
+    ("attn.proj", "bias"): "attention.output.dense.bias",
+    ("mlp.fc1", "weight"): "intermediate.dense.weight",
+    ("mlp.fc1", "bias"): "intermediate.dense.bias",
+    ("mlp.fc2", "weight"): "output.dense.weight",
+    ("mlp.fc2", "bias"): "output.dense.bias",
+    ("attn", "q_bias"): "attention.attention.query.bias",
+    ("attn", "v_bias"): "attention.attention.value.bias",
 }
 _HF_IN_BLOCK_INV = {v: k for k, v in _HF_IN_BLOCK.items()}
 _QKV = ("query", "key", "value")
@@ -181,11 +188,17 @@ def _stack(stack: nn.Module, name: str) -> dict[str, Any]:
     if len(eps) != 1:
         raise ValueError(f"{name} mixes LayerNorm eps values {sorted(eps)}")
     first = blocks[0]
-    return {"dim": first.norm1.normalized_shape[0], "depth": len(blocks), "heads": first.attn.num_heads,
-            "intermediate": first.mlp.fc1.out_features, "qv_bias": first.attn.q_bias is not None, "eps": eps.pop()}
+    return {
+        "dim": first.norm1.normalized_shape[0],
+        "depth": len(blocks),
+        "heads": first.attn.num_heads,
+        "intermediate": first.mlp.fc1.out_features,
+        "qv_bias": first.attn.q_bias is not None,
+        "eps": eps.pop(),
+    }
 
 
-def hf_config_from_videomae(model: "VideoMAE") -> "VideoMAEConfig":
+def hf_config_from_videomae(model: VideoMAE) -> VideoMAEConfig:
     """A ``VideoMAEConfig`` describing ``model``'s built modules, set up to compute what it computes
     (``use_mean_pooling=False``; HF's decoder norm eps stays 1e-5, which it cannot configure)."""
     from transformers import VideoMAEConfig
@@ -197,47 +210,78 @@ def hf_config_from_videomae(model: "VideoMAE") -> "VideoMAEConfig":
     if h != w:
         raise ValueError(f"HF VideoMAE needs square frames, got a {h}x{w} token grid")
     return VideoMAEConfig(
-        image_size=h * model.patch_size, patch_size=model.patch_size, num_channels=model.in_chans,
-        num_frames=t * model.tubelet_size, tubelet_size=model.tubelet_size,
-        hidden_size=enc["dim"], num_hidden_layers=enc["depth"], num_attention_heads=enc["heads"],
-        intermediate_size=enc["intermediate"], hidden_act="gelu", hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, layer_norm_eps=enc["eps"], qv_bias=enc["qv_bias"],
-        use_mean_pooling=False, decoder_hidden_size=dec["dim"], decoder_num_hidden_layers=dec["depth"],
-        decoder_num_attention_heads=dec["heads"], decoder_intermediate_size=dec["intermediate"],
+        image_size=h * model.patch_size,
+        patch_size=model.patch_size,
+        num_channels=model.in_chans,
+        num_frames=t * model.tubelet_size,
+        tubelet_size=model.tubelet_size,
+        hidden_size=enc["dim"],
+        num_hidden_layers=enc["depth"],
+        num_attention_heads=enc["heads"],
+        intermediate_size=enc["intermediate"],
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        layer_norm_eps=enc["eps"],
+        qv_bias=enc["qv_bias"],
+        use_mean_pooling=False,
+        decoder_hidden_size=dec["dim"],
+        decoder_num_hidden_layers=dec["depth"],
+        decoder_num_attention_heads=dec["heads"],
+        decoder_intermediate_size=dec["intermediate"],
         norm_pix_loss=bool(model.objective.norm_pix_loss),
     )
 
 
-def videomae_kwargs_from_hf_config(config: "VideoMAEConfig") -> dict[str, Any]:
+def videomae_kwargs_from_hf_config(config: VideoMAEConfig) -> dict[str, Any]:
     """``VideoMAE`` constructor arguments equivalent to a ``VideoMAEConfig`` (all but ``optim``).
 
     The encoder mask is tube 0.9 (HF has no mask generator: it takes ``bool_masked_pos``)."""
     if config.hidden_act != "gelu":
         raise ValueError(f"VideoMAE's blocks use exact GELU; HF config has hidden_act={config.hidden_act!r}")
     if config.use_mean_pooling:
-        raise ValueError("use_mean_pooling=True drops the encoder's final LayerNorm (a classification setting); "
-                         "VideoMAE pre-training has it: only use_mean_pooling=False loads")
+        raise ValueError(
+            "use_mean_pooling=True drops the encoder's final LayerNorm (a classification setting); "
+            "VideoMAE pre-training has it: only use_mean_pooling=False loads"
+        )
     eps = float(config.layer_norm_eps)
     qv_bias = bool(config.qv_bias)
 
     def stack(dim: int, depth: int, heads: int, inner: int) -> dict[str, Any]:
         if int(dim * (inner / dim)) != inner:
             raise ValueError(f"MLP size {inner} is not int({dim} * ratio)")
-        return {"embed_dim": int(dim), "depth": int(depth), "num_heads": int(heads), "mlp_ratio": inner / dim,
-                "qkv_bias": qv_bias, "norm_eps": eps}
+        return {
+            "embed_dim": int(dim),
+            "depth": int(depth),
+            "num_heads": int(heads),
+            "mlp_ratio": inner / dim,
+            "qkv_bias": qv_bias,
+            "norm_eps": eps,
+        }
 
     return {
-        "num_frames": int(config.num_frames), "img_size": int(config.image_size), "in_chans": int(config.num_channels),
-        "patch_size": int(config.patch_size), "tubelet_size": int(config.tubelet_size),
-        "objective": TubeNormalizedMSE.spec(channels=int(config.num_channels), norm_pix_loss=bool(config.norm_pix_loss)),
-        "encoder": stack(config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size),
-        "decoder": stack(config.decoder_hidden_size, config.decoder_num_hidden_layers,
-                         config.decoder_num_attention_heads, config.decoder_intermediate_size),
+        "num_frames": int(config.num_frames),
+        "img_size": int(config.image_size),
+        "in_chans": int(config.num_channels),
+        "patch_size": int(config.patch_size),
+        "tubelet_size": int(config.tubelet_size),
+        "objective": TubeNormalizedMSE.spec(
+            channels=int(config.num_channels), norm_pix_loss=bool(config.norm_pix_loss)
+        ),
+        "encoder": stack(
+            config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.intermediate_size
+        ),
+        "decoder": stack(
+            config.decoder_hidden_size,
+            config.decoder_num_hidden_layers,
+            config.decoder_num_attention_heads,
+            config.decoder_intermediate_size,
+        ),
         "mask": {"_target_": "mae_zoo.masks.TubeMask", "ratio": 0.9},
     }
 
 
-def export_hf(model: "VideoMAE", out_dir: "str | Path") -> list[str]:
+def export_hf(model: VideoMAE, out_dir: str | Path) -> list[str]:
     """Write ``model`` as a ``VideoMAEForPreTraining`` directory (``save_pretrained``); returns the files written."""
     from transformers import VideoMAEForPreTraining
 

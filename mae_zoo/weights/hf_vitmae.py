@@ -45,6 +45,7 @@ Traps this module exists to avoid:
 
 ``transformers`` is a dev/test extra, so it is imported only inside the functions that need it.
 """
+
 from __future__ import annotations
 
 import os
@@ -260,7 +261,7 @@ def _mlp_ratio(hidden: int, intermediate: int, name: str) -> float:
     return ratio
 
 
-def imagemae_kwargs_from_hf_config(config: "ViTMAEConfig") -> dict[str, Any]:
+def imagemae_kwargs_from_hf_config(config: ViTMAEConfig) -> dict[str, Any]:
     """``ImageMAE`` constructor arguments equivalent to a ``ViTMAEConfig`` (all but ``optim``).
 
     The result includes ``mask`` (``RandomMask`` at ``config.mask_ratio``, HF's only masking).
@@ -338,7 +339,7 @@ def _stack_shape(stack: nn.Module, name: str) -> dict[str, Any]:
     }
 
 
-def hf_config_from_imagemae(model: "ImageMAE") -> "ViTMAEConfig":
+def hf_config_from_imagemae(model: ImageMAE) -> ViTMAEConfig:
     """A ``ViTMAEConfig`` describing ``model``, read from its built modules (not its hparams).
 
     The config's ``mask_ratio`` is our mask generator's ratio; HF always masks uniformly at random,
@@ -384,7 +385,7 @@ def hf_config_from_imagemae(model: "ImageMAE") -> "ViTMAEConfig":
     )
 
 
-def export_hf(model: "ImageMAE", out_dir: "str | os.PathLike[str]") -> list[str]:
+def export_hf(model: ImageMAE, out_dir: str | os.PathLike[str]) -> list[str]:
     """Write ``model`` as a ``ViTMAEForPreTraining`` directory (``save_pretrained``) into ``out_dir``.
 
     The HF model is built from :func:`hf_config_from_imagemae` and filled with

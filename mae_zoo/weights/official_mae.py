@@ -45,6 +45,7 @@ What a state dict does not store and how it is chosen (every choice is reported)
 * a missing decoder: the official ``dec512d8b`` decoder (512 wide, 8 blocks, 16 heads, MLP 4),
   freshly initialised.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,7 +99,11 @@ STANDARD_ENCODER_HEADS: dict[int, int] = {192: 3, 384: 6, 768: 12, 1024: 16, 128
 STANDARD_DECODER_HEADS: dict[int, int] = {512: 16}
 # Size names used by the official model names (``mae_vit_base_patch16``, ``vit_large_patch16``).
 SIZE_NAMES: dict[str, tuple[int, int]] = {
-    "tiny": (192, 3), "small": (384, 6), "base": (768, 12), "large": (1024, 16), "huge": (1280, 16),
+    "tiny": (192, 3),
+    "small": (384, 6),
+    "base": (768, 12),
+    "large": (1024, 16),
+    "huge": (1280, 16),
 }
 _MODEL_NAME = re.compile(r"vit_(tiny|small|base|large|huge)_patch(\d+)")
 OFFICIAL_DECODER: dict[str, Any] = {"embed_dim": 512, "depth": 8, "num_heads": 16, "mlp_ratio": 4.0}
@@ -106,8 +111,13 @@ OFFICIAL_NORM_EPS = 1e-6
 # The optimiser settings ImageMAE records as hparams when built from a foreign checkpoint
 # (the values of conf/train.yaml; they matter only if the model is trained further).
 DEFAULT_OPTIM: dict[str, Any] = {
-    "blr": 1.5e-4, "lr": None, "betas": [0.9, 0.95], "weight_decay": 0.05,
-    "warmup_epochs": 5, "warmup_steps": None, "min_lr": 0.0,
+    "blr": 1.5e-4,
+    "lr": None,
+    "betas": [0.9, 0.95],
+    "weight_decay": 0.05,
+    "warmup_epochs": 5,
+    "warmup_steps": None,
+    "min_lr": 0.0,
 }
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -137,7 +147,9 @@ def split_official(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, S
     if unknown:
         raise StateDictMismatchError(
             f"official MAE checkpoint: {len(unknown)} key(s) have no mapping: {sorted(unknown)}",
-            [], sorted(unknown), [],
+            [],
+            sorted(unknown),
+            [],
         )
     return ours, classifier
 
@@ -305,7 +317,12 @@ def infer_architecture(
         }
     else:
         dec_heads, _ = _heads(
-            OFFICIAL_DECODER["embed_dim"], decoder_num_heads, None, None, STANDARD_DECODER_HEADS, "decoder",
+            OFFICIAL_DECODER["embed_dim"],
+            decoder_num_heads,
+            None,
+            None,
+            STANDARD_DECODER_HEADS,
+            "decoder",
             "decoder_num_heads",
         )
         decoder = {**OFFICIAL_DECODER, "num_heads": dec_heads, "qkv_bias": True, "norm_eps": OFFICIAL_NORM_EPS}
@@ -387,10 +404,10 @@ __all__ = [
     "CLASSIFIER_KEYS",
     "DEFAULT_OPTIM",
     "OFFICIAL_DECODER",
-    "OfficialArchitecture",
-    "OfficialLoad",
     "STANDARD_DECODER_HEADS",
     "STANDARD_ENCODER_HEADS",
+    "OfficialArchitecture",
+    "OfficialLoad",
     "infer_architecture",
     "load_official_state_dict",
     "mae_zoo_to_official",

@@ -6,6 +6,7 @@ MLP ratio, q/v biases); what a state dict does not store comes from the file's `
 present (``num_frames``, ``input_size``, ``mask_ratio``, ``decoder_mask_type``/``decoder_mask_ratio``,
 ``normlize_target``), else an explicit argument, else the standard value. Every choice is reported.
 """
+
 from __future__ import annotations
 
 import re
@@ -62,8 +63,10 @@ def load_official_videomae(
     from mae_zoo.modalities.video import VideoMAE
 
     if "encoder_to_decoder.weight" not in state_dict:
-        raise ConfigError("this official VideoMAE file has no decoder (encoder_to_decoder.weight): "
-                          "only pre-training checkpoints load; fine-tuned ones are classifiers")
+        raise ConfigError(
+            "this official VideoMAE file has no decoder (encoder_to_decoder.weight): "
+            "only pre-training checkpoints load; fine-tuned ones are classifiers"
+        )
     choices: list[str] = []
     proj = state_dict["encoder.patch_embed.proj.weight"]
     width, chans, tubelet, patch, _ = proj.shape
@@ -72,31 +75,47 @@ def load_official_videomae(
 
     def arg(name: str, default: Any) -> Any:
         value = getattr(args, name, None) if args is not None else None
-        choices.append(f"{name}={value if value is not None else default} ({'file args' if value is not None else 'default'})")
+        choices.append(
+            f"{name}={value if value is not None else default} ({'file args' if value is not None else 'default'})"
+        )
         return value if value is not None else default
 
     num_frames, img_size = int(arg("num_frames", 16)), int(arg("input_size", 224))
     mask_ratio = float(arg("mask_ratio", 0.9))
     decoder_mask = None
     if getattr(args, "decoder_mask_type", None) == "run_cell" and float(getattr(args, "decoder_mask_ratio", 0.0)) > 0:
-        decoder_mask = {"_target_": "mae_zoo.masks.running_cell.RunningCellMask", "ratio": float(args.decoder_mask_ratio)}
+        decoder_mask = {
+            "_target_": "mae_zoo.masks.running_cell.RunningCellMask",
+            "ratio": float(args.decoder_mask_ratio),
+        }
         choices.append(f"decoder_mask=running_cell {args.decoder_mask_ratio} (file args)")
     if norm_pix_loss is None:
         norm_pix_loss = bool(arg("normlize_target", True))
     else:
         choices.append(f"norm_pix_loss={norm_pix_loss} (given)")
     stack = lambda prefix, dim, heads: {  # noqa: E731
-        "embed_dim": int(dim), "depth": _depth(state_dict, prefix), "num_heads": heads,
-        "mlp_ratio": state_dict[f"{prefix}.0.mlp.fc1.weight"].shape[0] / dim, "qkv_bias": qkv_bias,
+        "embed_dim": int(dim),
+        "depth": _depth(state_dict, prefix),
+        "num_heads": heads,
+        "mlp_ratio": state_dict[f"{prefix}.0.mlp.fc1.weight"].shape[0] / dim,
+        "qkv_bias": qkv_bias,
     }
     model = VideoMAE(
         encoder=stack("encoder.blocks", width, _heads(width, num_heads, ENCODER_HEADS, "encoder", choices)),
-        decoder=stack("decoder.blocks", dec_width, _heads(dec_width, decoder_num_heads, DECODER_HEADS, "decoder", choices)),
-        mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": mask_ratio}, optim=dict(DEFAULT_OPTIM),
-        decoder_mask=decoder_mask, num_frames=num_frames, img_size=img_size, in_chans=int(chans),
-        patch_size=int(patch), tubelet_size=int(tubelet), 
+        decoder=stack(
+            "decoder.blocks", dec_width, _heads(dec_width, decoder_num_heads, DECODER_HEADS, "decoder", choices)
+        ),
+        mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": mask_ratio},
+        optim=dict(DEFAULT_OPTIM),
+        decoder_mask=decoder_mask,
+        num_frames=num_frames,
+        img_size=img_size,
+        in_chans=int(chans),
+        patch_size=int(patch),
+        tubelet_size=int(tubelet),
         objective=TubeNormalizedMSE.spec(channels=int(chans), norm_pix_loss=norm_pix_loss),
-        pixel_mean=[0.485, 0.456, 0.406], pixel_std=[0.229, 0.224, 0.225],
+        pixel_mean=[0.485, 0.456, 0.406],
+        pixel_std=[0.229, 0.224, 0.225],
     )
     load_state_dict_exact(model, official_to_mae_zoo(state_dict))
     return OfficialVideoLoad(model, choices)

@@ -14,6 +14,7 @@ network. ``model_name`` is the standard timm name when the sizes are a standard 
 ``model_args`` overrides every size (timm merges keyword arguments over the variant's defaults).
 ``model_args`` always lists every size explicitly, so the name never decides the architecture.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,7 @@ STANDARD_TIMM: dict[tuple[int, int, int, int], str] = {
 TEMPLATE = "vit_base_patch16_224"
 
 
-def timm_spec(model: "ImageMAE") -> dict[str, Any]:
+def timm_spec(model: ImageMAE) -> dict[str, Any]:
     """``{"model_name", "model_args"}`` rebuilding ``model.encoder`` with timm (no classifier)."""
     import timm
 
@@ -83,7 +84,7 @@ def timm_spec(model: "ImageMAE") -> dict[str, Any]:
     return {"model_name": name, "model_args": args}
 
 
-def timm_state_dict(model: "ImageMAE") -> dict[str, torch.Tensor]:
+def timm_state_dict(model: ImageMAE) -> dict[str, torch.Tensor]:
     """The encoder's state dict under timm names (they are ours): contiguous CPU copies."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.encoder.state_dict().items()}
 
@@ -95,7 +96,7 @@ def build_timm(spec: dict[str, Any], device: str | torch.device | None = None) -
     return timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"], **extra)
 
 
-def export_timm(model: "ImageMAE", out_dir: str | Path) -> list[Path]:
+def export_timm(model: ImageMAE, out_dir: str | Path) -> list[Path]:
     """Write ``model.safetensors`` (timm-native encoder weights) and ``model.json`` into ``out_dir``.
 
     Before writing, the weights are loaded with ``strict=True`` into the timm model that
