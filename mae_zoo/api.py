@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 
@@ -85,7 +85,7 @@ def load(
     overrides = {"num_heads": num_heads, "decoder_num_heads": decoder_num_heads, "norm_pix_loss": norm_pix_loss}
     given = {k: v for k, v in overrides.items() if v is not None}
     if path.is_dir():
-        model, info = _load_hf_dir(path, **overrides)
+        model, info = _load_hf_dir(path, num_heads, decoder_num_heads, norm_pix_loss)
     elif path.is_file():
         checkpoint = _torch_load(path, map_location)
         if not isinstance(checkpoint, Mapping):
@@ -166,6 +166,33 @@ def _load_official_video(
     return result.model, LoadInfo(str(path), "official_videomae", "pretrain", choices=result.choices)
 
 
+if TYPE_CHECKING:  # transformers is a dev extra, imported where it is needed
+    from transformers import PreTrainedModel
+
+_HF = TypeVar("_HF", bound="PreTrainedModel")
+
+
+def _from_pretrained_exact(cls: type[_HF], path: Path) -> _HF:
+    """``cls.from_pretrained`` on a local directory that must fit exactly: nothing missing, unexpected or
+    misshapen (HF's loader reads its own on-disk names; we map its state dict with an exact map after)."""
+    from mae_zoo.weights.hf_vitmae import StateDictMismatchError
+
+    # from_pretrained is annotated as returning the model alone; output_loading_info=True adds the report
+    hf, report = cast(
+        tuple[_HF, dict[str, Any]],
+        cls.from_pretrained(str(path.resolve()), local_files_only=True, output_loading_info=True),
+    )
+    problems = {k: sorted(map(str, v)) for k, v in report.items() if v}
+    if problems:
+        raise StateDictMismatchError(
+            f"{path} does not fit {cls.__name__}: {problems}",
+            problems.get("missing_keys", []),
+            problems.get("unexpected_keys", []),
+            problems.get("mismatched_keys", []),
+        )
+    return hf
+
+
 def _load_hf_video_dir(
     path: Path, norm_pix_loss: bool | None, **heads: int | None
 ) -> tuple[MaskedAutoencoder, LoadInfo]:
@@ -174,22 +201,11 @@ def _load_hf_video_dir(
 
     from mae_zoo.modalities.video import VideoMAE
     from mae_zoo.weights.hf_videomae import load_hf_into_videomae, videomae_kwargs_from_hf_config
-    from mae_zoo.weights.hf_vitmae import StateDictMismatchError
     from mae_zoo.weights.official_videomae import DEFAULT_OPTIM
 
     if any(v is not None for v in heads.values()):
         raise ConfigError(f"{path}: a HF directory records its heads in config.json; do not pass {sorted(heads)}")
-    hf, report = VideoMAEForPreTraining.from_pretrained(
-        str(path.resolve()), local_files_only=True, output_loading_info=True
-    )
-    problems = {k: sorted(map(str, v)) for k, v in report.items() if v}
-    if problems:
-        raise StateDictMismatchError(
-            f"{path} does not fit VideoMAEForPreTraining: {problems}",
-            problems.get("missing_keys", []),
-            problems.get("unexpected_keys", []),
-            [],
-        )
+    hf = _from_pretrained_exact(VideoMAEForPreTraining, path)
     kwargs = videomae_kwargs_from_hf_config(hf.config)
     choices = ["mask=tube 0.9 (HF stores no mask generator)", "pixel mean/std = ImageNet (HF's hard-coded values)"]
     if norm_pix_loss is not None:
@@ -222,23 +238,13 @@ def _load_hf_dir(
         raise ConfigError("loading a HF directory needs transformers (pip install -e '.[dev]')") from err
 
     from mae_zoo.modalities.image import ImageMAE
-    from mae_zoo.weights.hf_vitmae import StateDictMismatchError, imagemae_kwargs_from_hf_config, load_hf_into_imagemae
+    from mae_zoo.weights.hf_vitmae import imagemae_kwargs_from_hf_config, load_hf_into_imagemae
     from mae_zoo.weights.official_mae import DEFAULT_OPTIM
 
     # HF owns its on-disk names (5.x saves the 4.x names and renames them on load), so its own
     # loader reads the directory; we require it to report nothing missing, unexpected or misshapen,
     # then map its (5.x) state dict with the exact map of hf_vitmae.
-    hf, report = ViTMAEForPreTraining.from_pretrained(
-        str(path.resolve()), local_files_only=True, output_loading_info=True
-    )
-    problems = {k: sorted(map(str, v)) for k, v in report.items() if v}
-    if problems:
-        raise StateDictMismatchError(
-            f"{path} does not fit ViTMAEForPreTraining: {problems}",
-            problems.get("missing_keys", []),
-            problems.get("unexpected_keys", []),
-            problems.get("mismatched_keys", []),
-        )
+    hf = _from_pretrained_exact(ViTMAEForPreTraining, path)
     kwargs = imagemae_kwargs_from_hf_config(hf.config)
     for arg, value, stack in (("num_heads", num_heads, "encoder"), ("decoder_num_heads", decoder_num_heads, "decoder")):
         if value is not None and int(value) != kwargs[stack]["num_heads"]:

@@ -28,7 +28,7 @@ from mae_zoo.api import load
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.data.base import MAEDataModule
-from mae_zoo.evaluation.base import Evaluator, LimitedDataModule
+from mae_zoo.evaluation.base import EvalData, Evaluator, LimitedDataModule
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import CONF_DIR, config_errors_surface, import_object, instantiate_checked
 from mae_zoo.utils.runtime import write_metrics, write_run_records
@@ -71,14 +71,17 @@ def build_datamodule(cfg: DictConfig, checkpoint: dict[str, Any], model: MaskedA
     overrides: dict[str, Any] = {}
     for node in (data, cfg.get("data_overrides")):
         if node:
-            overrides.update(OmegaConf.to_container(node, resolve=True))  # type: ignore[arg-type]
+            values = OmegaConf.to_container(node, resolve=True)
+            if not isinstance(values, dict):
+                raise ConfigError(f"data overrides must be a mapping of data settings, got {values!r}")
+            overrides.update({str(key): value for key, value in values.items()})
     try:
         return import_object(cls_path)(**{**hparams, **overrides})
     except TypeError as err:
         raise ConfigError(f"data override not understood by {cls_path.rsplit('.', 1)[-1]}: {err}") from None
 
 
-def apply_limits(cfg: DictConfig, evaluator: Evaluator, datamodule: MAEDataModule) -> MAEDataModule | LimitedDataModule:
+def apply_limits(cfg: DictConfig, evaluator: Evaluator, datamodule: MAEDataModule) -> EvalData:
     """``trainer.max_epochs`` caps an evaluator's ``epochs``; ``trainer.limit_{train,val}_batches``
     cap the batches of every loader the datamodule gives (``debug=smoke`` sets all three)."""
     limits = cfg.get("trainer") or {}

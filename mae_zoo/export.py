@@ -45,6 +45,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     if source.resolve() == run_dir.resolve():
         raise ConfigError(f"ckpt={source} is the export's own run folder")
+    from mae_zoo.modalities.image import ImageMAE
+    from mae_zoo.modalities.video import VideoMAE
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load(source, num_heads=cfg.get("num_heads"), decoder_num_heads=cfg.get("decoder_num_heads"))
@@ -54,18 +57,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     kind = type(model).__name__
     if kind not in ("ImageMAE", "VideoMAE") or (kind == "VideoMAE" and fmt != "hf"):
         raise ConfigError(f"format={fmt} exports image MAEs (and format=hf also VideoMAE); {source} holds a {kind}")
+    if not isinstance(model, (ImageMAE, VideoMAE)):  # pragma: no cover - the name check above admits no other
+        raise ConfigError(f"format={fmt} exports ImageMAE and VideoMAE; {source} holds a {kind}")
     write_run_records(cfg, run_dir)
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     try:
-        if fmt == "timm":
-            from mae_zoo.weights.timm_export import export_timm
-
-            files = [p.name for p in export_timm(model, run_dir)]
-        elif kind == "VideoMAE":  # a VideoMAEForPreTraining directory
+        if isinstance(model, VideoMAE):  # format=hf (checked above): a VideoMAEForPreTraining directory
             from mae_zoo.weights.hf_videomae import export_hf as export_hf_video
 
             files = export_hf_video(model, run_dir)
+        elif fmt == "timm":
+            from mae_zoo.weights.timm_export import export_timm
+
+            files = [p.name for p in export_timm(model, run_dir)]
         else:
             from mae_zoo.weights.hf_vitmae import export_hf
 
@@ -73,6 +78,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     except ValueError as err:  # the model has a feature the target format cannot express
         raise ConfigError(f"cannot export {source} to {fmt}: {err}") from None
     info = model.load_info
+    assert info is not None, "mae_zoo.load records what it read"
     manifest = {
         "format": fmt,
         "files": files,

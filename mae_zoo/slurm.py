@@ -44,6 +44,14 @@ DEFAULT_SIGNAL = "USR1@90"
 SBATCH_TIMEOUT_S = 120
 
 
+def _launcher_dict(node: Any, resolve: bool) -> dict[str, Any]:
+    """``hydra.launcher`` (a mapping) as a plain dict."""
+    container = OmegaConf.to_container(node, resolve=resolve)
+    if not isinstance(container, dict):
+        raise ConfigError(f"hydra.launcher must be a mapping, got {type(container).__name__}")
+    return {str(key): value for key, value in container.items()}
+
+
 def job_resources(cfg: DictConfig, launcher: dict[str, Any], raw_launcher: dict[str, Any]) -> dict[str, Any]:
     """The Slurm resources one job needs: tasks_per_node, nodes (and gpus_per_node on GPUs).
 
@@ -98,12 +106,12 @@ def launch_checked(
     submitted, then submits one Slurm array per distinct (tasks_per_node, nodes, gpus_per_node) through
     submitit's own ``launch`` (``submit``); returns the JobReturns in the sweep's order.
     """
-    raw_launcher = OmegaConf.to_container(launcher.config.hydra.launcher, resolve=False)
+    raw_launcher = _launcher_dict(launcher.config.hydra.launcher, resolve=False)
     groups: dict[tuple, list[int]] = {}
     for i, overrides in enumerate(job_overrides):
         job_cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         try:
-            res = job_resources(job_cfg, launcher.params, raw_launcher)  # type: ignore[arg-type]
+            res = job_resources(job_cfg, launcher.params, raw_launcher)
         except ConfigError as err:
             raise ConfigError(f"job #{initial_job_idx + i} ({' '.join(overrides)}): {err}") from None
         groups.setdefault(tuple(sorted(res.items())), []).append(i)
@@ -146,9 +154,9 @@ def sbatch_script(overrides: list[str], python: str | None = None, workdir: str 
     """An sbatch script that runs ``python -m mae_zoo.train <overrides>`` under ``srun``, with Slurm
     resources matching the trainer and Lightning-owned requeue (``--signal=USR1@90``, ``--requeue``)."""
     cfg = _compose(list(overrides))
-    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    raw = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
-    res = job_resources(cfg, launcher, raw)  # type: ignore[arg-type]
+    launcher = _launcher_dict(cfg.hydra.launcher, resolve=True)
+    raw = _launcher_dict(cfg.hydra.launcher, resolve=False)
+    res = job_resources(cfg, launcher, raw)
     log_dir = Path(workdir or ".").joinpath(str(cfg.paths.log_dir), str(cfg.task_name)).resolve()
     flags: dict[str, Any] = {
         "job-name": f"mae_zoo-{cfg.task_name}",
@@ -215,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         script = sbatch_script(args.overrides, python=args.python, workdir=os.getcwd())
     except (ConfigError, InterpolationResolutionError) as err:
-        err = getattr(err, "__cause__", None) if isinstance(err.__cause__, ConfigError) else err
-        print(f"mae_zoo: configuration error: {err}", file=sys.stderr)
+        shown = err.__cause__ if isinstance(err.__cause__, ConfigError) else err
+        print(f"mae_zoo: configuration error: {shown}", file=sys.stderr)
         return 2
     if not args.output and not args.submit:
         print(script, end="")

@@ -62,7 +62,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
     callbacks = [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate_checked(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer_kwargs: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)  # type: ignore[assignment]
+    container = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(container, dict), "trainer is a mapping of Trainer arguments"
+    trainer_kwargs = {str(k): v for k, v in container.items()}
     trainer_kwargs["precision"] = resolve_precision(
         trainer_kwargs.get("precision", "auto"), trainer_kwargs.get("accelerator", "auto")
     )

@@ -35,16 +35,31 @@ see sharded weights: the probe switches itself off there, with a warning.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mae_zoo.data.base import MAEDataModule
+from mae_zoo.data.base import MAEDataModule, trainer_datamodule
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class _ProbedModule(Protocol):
+    """What the probe calls on the LightningModule (:class:`~mae_zoo.core.module.MaskedAutoencoder` has both)."""
+
+    def batch_labels(self, batch: Any) -> torch.Tensor | None: ...
+
+    def embed(self, batch: Any) -> torch.Tensor: ...
+
+
+def _probed(pl_module: pl.LightningModule) -> _ProbedModule:
+    if not isinstance(pl_module, _ProbedModule):
+        raise TypeError(f"online linear probe: {type(pl_module).__name__} has no batch_labels() and embed()")
+    return pl_module
 
 
 class OnlineLinearProbe(pl.Callback):
@@ -92,7 +107,7 @@ class OnlineLinearProbe(pl.Callback):
     @staticmethod
     def _labels(pl_module: pl.LightningModule, batch: Any) -> torch.Tensor | None:
         """Integer class labels of the batch (1-D), or None when it carries none usable."""
-        labels = pl_module.batch_labels(batch)
+        labels = _probed(pl_module).batch_labels(batch)
         if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
             return None
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.numel() == 0:
@@ -127,7 +142,7 @@ class OnlineLinearProbe(pl.Callback):
         pl_module.eval()
         try:
             with trainer.precision_plugin.forward_context():  # the autocast the training step runs under
-                feats = pl_module.embed(batch)
+                feats = _probed(pl_module).embed(batch)
         finally:
             for module, mode in modes:
                 module.training = mode
@@ -137,7 +152,8 @@ class OnlineLinearProbe(pl.Callback):
         needed = high + 1
         if self.num_classes is not None:
             return int(self.num_classes)
-        datamodule = trainer.datamodule  # None when fit() was given bare loaders
+        # None when fit() was given bare loaders
+        datamodule = trainer_datamodule(trainer)
         declared = datamodule.num_classes if isinstance(datamodule, MAEDataModule) else None
         if isinstance(declared, int) and declared > 0:
             return max(declared, needed)
@@ -176,16 +192,18 @@ class OnlineLinearProbe(pl.Callback):
                 self._build(feats.shape[1], self._resolve_num_classes(trainer, high), feats.device)
         if feats.shape[1] != self.feature_dim:
             raise ValueError(f"online probe: feature dim changed from {self.feature_dim} to {feats.shape[1]}")
-        if high is not None and high >= self.num_classes:  # type: ignore[operator]
+        assert self.num_classes is not None  # set with the head
+        if high is not None and high >= self.num_classes:
             self._grow(high + 1)
         return True
 
     def _grow(self, num_classes: int) -> None:
         """More classes than the head has: append zero rows, pad the optimizer state to match."""
-        linear: nn.Linear = self.head[1]  # type: ignore[index,assignment]
+        assert self.head is not None and self.num_classes is not None and self.optimizer is not None
+        linear = self.head[1]
+        assert isinstance(linear, nn.Linear)
         old = self.num_classes
-        extra = num_classes - old  # type: ignore[operator]
-        assert self.optimizer is not None
+        extra = num_classes - old
         for param in (linear.weight, linear.bias):
             pad = param.new_zeros((extra, *param.shape[1:]))
             state = self.optimizer.state.get(param, {})
@@ -257,13 +275,15 @@ class OnlineLinearProbe(pl.Callback):
         if trainer.sanity_checking or not self._active(trainer) or (self.head is None and self._pending is None):
             return
         raw = self._labels(pl_module, batch)
-        usable = self._usable(raw) if raw is not None else None
+        if raw is None:
+            return
+        usable = self._usable(raw)
         if usable is None:
             return
         labels = usable[0]
         feats = self._features(trainer, pl_module, batch)
         if labels.shape[0] != feats.shape[0]:
-            feats = feats[raw >= 0]  # type: ignore[operator]
+            feats = feats[raw >= 0]
         if not self._ensure_head(trainer, feats, None):
             return
         head = self.head
@@ -271,33 +291,25 @@ class OnlineLinearProbe(pl.Callback):
         head.eval()
         with torch.no_grad(), torch.autocast(feats.device.type, enabled=False):
             logits = head(feats)
-        size = feats.shape[0]
-        pl_module.log(
-            "probe_online/top1",
-            self._topk(logits, labels, 1),
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=size,
-        )
-        if self.num_classes is not None and self.num_classes >= 5:
+        ks = (1, 5) if self.num_classes is not None and self.num_classes >= 5 else (1,)
+        for k in ks:
             pl_module.log(
-                "probe_online/top5",
-                self._topk(logits, labels, 5),
+                f"probe_online/top{k}",
+                self._topk(logits, labels, k),
                 on_step=False,
                 on_epoch=True,
                 sync_dist=True,
-                batch_size=size,
+                batch_size=feats.shape[0],
             )
 
     # ------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         if self.head is None:
             return dict(self._pending) if self._pending is not None else {}
-        assert self.optimizer is not None
+        assert self.optimizer is not None and self.feature_dim is not None and self.num_classes is not None
         return {
-            "feature_dim": int(self.feature_dim),  # type: ignore[arg-type]
-            "num_classes": int(self.num_classes),  # type: ignore[arg-type]
+            "feature_dim": int(self.feature_dim),
+            "num_classes": int(self.num_classes),
             "head": {k: v.detach().cpu().clone() for k, v in self.head.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "batches_seen": self.batches_seen,

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra.utils
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
+from torch import Generator, Tensor
+from torch.utils.data import DataLoader
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
-from mae_zoo.core.types import Decoded, Encoded, Layout, MAEOutput, Masks, Tokens
-from mae_zoo.data.base import MAEDataModule
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, MAEOutput, Masks, Tokens
+from mae_zoo.data.base import MAEDataModule, trainer_datamodule
 from mae_zoo.masks.base import MaskGenerator
 from mae_zoo.objectives.base import Objective
 from mae_zoo.teachers.base import Teacher
+
+if TYPE_CHECKING:  # api imports this module
+    from mae_zoo.api import LoadInfo
 
 _STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3, "visual": 4}
 
@@ -57,6 +63,7 @@ class MaskedAutoencoder(pl.LightningModule):
     datamodule_class: str | None = None  # the DataModule this modality trains on, for evaluation
     embed_pools: tuple[str, ...] = ()  # the pooling choices of embed(): cls needs a prefix row
     embed_pool: str | None = None  # None: this modality has no pooling choice (graph: its own)
+    load_info: LoadInfo | None = None  # what mae_zoo.load read and decided (None: built in Python)
     encoder: nn.Module
     decoder: nn.Module
     layout: Layout
@@ -129,18 +136,14 @@ class MaskedAutoencoder(pl.LightningModule):
         return cls(**hp)
 
     def encode(
-        self,
-        tokens: Tokens,
-        mask: torch.Tensor | None,
-        generator: torch.Generator | None = None,
-        keep: Sequence[int] = (),
+        self, tokens: Tokens, mask: Tensor | None, generator: Generator | None = None, keep: Keep = ()
     ) -> Encoded:
         """Encoder step. ``mask`` None: every token, unmasked (features for evaluation). Token-dropping
         encoders need only inputs and mask; a modality whose encoder needs more of the layout (a
         graph's edges, a video's grid) or random numbers of its own overrides this."""
         return self.encoder(tokens.inputs, mask, keep=keep)
 
-    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Sequence[int] = ()) -> Decoded:
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Keep = ()) -> Decoded:
         """Decoder step: per-position predictions (B, L, Q) at (at least) ``masks.predict``."""
         return self.decoder(encoded, keep=keep)
 
@@ -213,11 +216,7 @@ class MaskedAutoencoder(pl.LightningModule):
         )
 
     def masks(
-        self,
-        tokens: Tokens,
-        mask: torch.Tensor | None = None,
-        decoder_mask: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        self, tokens: Tokens, mask: Tensor | None, decoder_mask: Tensor | None, generator: Generator | None
     ) -> Masks:
         """The hidden, predicted and scored positions of a step (given masks are checked, missing ones drawn)."""
         shape = tokens.inputs.shape[:2]
@@ -254,7 +253,8 @@ class MaskedAutoencoder(pl.LightningModule):
         micro = batch_idx % max(1, self.trainer.accumulate_grad_batches)
         out = self(batch, generator=self.mask_rng("train", self.global_step, micro))
         # The check syncs with the device, so it runs only on steps that are logged anyway.
-        if self.global_step % self.trainer.log_every_n_steps == 0 and not torch.isfinite(out.loss):
+        every = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
+        if self.global_step % every == 0 and not torch.isfinite(out.loss):
             raise FloatingPointError(f"non-finite training loss {out.loss.item()} at step {self.global_step}")
         size = out.mask.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
@@ -273,13 +273,17 @@ class MaskedAutoencoder(pl.LightningModule):
     # ----------------------------------------------------------------------------- optimisation
     def effective_batch_size(self) -> int:
         trainer = self.trainer
-        datamodule = trainer.datamodule
-        per_device = datamodule.batch_size if isinstance(datamodule, MAEDataModule) else None
-        if per_device is None:  # a plain LightningDataModule or bare loaders: ask the loader
-            per_device = trainer.train_dataloader.batch_size  # type: ignore[union-attr]
+        datamodule = trainer_datamodule(trainer)
+        if isinstance(datamodule, MAEDataModule):
+            per_device = datamodule.batch_size
+        else:  # a plain LightningDataModule or bare loaders: ask the loader
+            loader = trainer.train_dataloader
+            if not isinstance(loader, DataLoader) or loader.batch_size is None:
+                raise ConfigError("cannot tell the batch size per device: give a DataLoader with a batch_size")
+            per_device = loader.batch_size
         return int(per_device) * trainer.world_size * trainer.accumulate_grad_batches
 
-    def configure_optimizers(self) -> dict:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         cfg = self.optim_cfg
         effective = self.effective_batch_size()
         lr = cfg.get("lr") or scaled_lr(cfg["blr"], effective)
@@ -312,7 +316,7 @@ class MaskedAutoencoder(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         cls = type(self)
         meta = {"class": f"{cls.__module__}.{cls.__qualname__}", "layout": self.layout.name}
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = trainer_datamodule(self._trainer)
         if datamodule is not None:  # lets evaluation rebuild the same data from the checkpoint alone
             dm_cls = type(datamodule)
             meta["datamodule"] = f"{dm_cls.__module__}.{dm_cls.__qualname__}"

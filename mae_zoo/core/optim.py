@@ -23,10 +23,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             no_decay.append(param)
         else:
             decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def scaled_lr(base_lr: float, effective_batch: int) -> float:
@@ -63,7 +60,7 @@ def build_optimizer(
     """AdamW (MAE and most methods) or Adam with L2 weight decay (GraphMAE's ``optimizer: adam``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got '{name}'")
-    return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), fused=fused)  # type: ignore[arg-type]
+    return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), fused=fused)
 
 
 def all_params_group(model: nn.Module, weight_decay: float) -> list[dict]:

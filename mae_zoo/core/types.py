@@ -3,6 +3,7 @@ outputs, and what a model returns. Every modality speaks these types."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,7 @@ class Tokens:
 
 
 POSITIONS = ("hidden", "visible", "all")
+Keep = Sequence[int]  # block indices whose hidden states a network hands out (negative: from the last)
 
 
 @dataclass

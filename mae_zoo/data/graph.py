@@ -163,28 +163,28 @@ class SBMDataModule(GraphDataModule):
 
     def load(self) -> tuple[list[Data], int]:
         h = self.hparams
-        gen = torch.Generator().manual_seed(int(h.graph_seed))
-        k, n, f = int(h.num_classes), int(h.nodes_per_class), int(h.num_features)
-        probs = torch.full((k, k), float(h.p_out)).fill_diagonal_(float(h.p_in))
+        gen = torch.Generator().manual_seed(int(h["graph_seed"]))
+        k, n, f = int(h["num_classes"]), int(h["nodes_per_class"]), int(h["num_features"])
+        probs = torch.full((k, k), float(h["p_out"])).fill_diagonal_(float(h["p_in"]))
         with torch.random.fork_rng():  # stochastic_blockmodel_graph draws from the global RNG
-            torch.manual_seed(int(h.graph_seed))
+            torch.manual_seed(int(h["graph_seed"]))
             edge_index = stochastic_blockmodel_graph([n] * k, probs, directed=False)
         y = torch.arange(k).repeat_interleave(n)
         # Community c prefers vocabulary slice c; each word is drawn from it with prob topic_strength.
         slice_size = f // k
-        words = torch.randint(0, f, (k * n, int(h.words_per_node)), generator=gen)
-        topical = torch.rand(k * n, int(h.words_per_node), generator=gen) < float(h.topic_strength)
+        words = torch.randint(0, f, (k * n, int(h["words_per_node"])), generator=gen)
+        topical = torch.rand(k * n, int(h["words_per_node"]), generator=gen) < float(h["topic_strength"])
         own = y[:, None] * slice_size + torch.randint(0, slice_size, words.shape, generator=gen)
         words = torch.where(topical, own, words)
         x = torch.zeros(k * n, f).scatter_(1, words, 1.0)
         order = torch.randperm(k * n, generator=gen)
-        train = torch.cat([order[y[order] == c][: int(h.train_per_class)] for c in range(k)])
+        train = torch.cat([order[y[order] == c][: int(h["train_per_class"])] for c in range(k)])
         rest = order[~torch.isin(order, train)]
         masks = {}
         for name, idx in (
             ("train", train),
-            ("val", rest[: int(h.num_val)]),
-            ("test", rest[int(h.num_val) : int(h.num_val) + int(h.num_test)]),
+            ("val", rest[: int(h["num_val"])]),
+            ("test", rest[int(h["num_val"]) : int(h["num_val"]) + int(h["num_test"])]),
         ):
             masks[f"{name}_mask"] = torch.zeros(k * n, dtype=torch.bool).index_fill_(0, idx, True)
         data = Data(x=row_normalize(x), edge_index=to_undirected(edge_index, num_nodes=k * n), y=y, **masks)
@@ -218,11 +218,12 @@ class PlanetoidDataModule(GraphDataModule):
         from torch_geometric.datasets import Planetoid
 
         h = self.hparams
-        root = working_root(h.root, h.name, h.cache_dir, "planetoid")
-        with dataset_lock(root, h.name):
-            dataset = Planetoid(root, h.name)
+        name: str = h["name"]
+        root = working_root(h["root"], name, h["cache_dir"], "planetoid")
+        with dataset_lock(root, name):
+            dataset = Planetoid(root, name)
         data = dataset[0]
-        if self.hparams.normalize_features:
+        if h["normalize_features"]:
             data.x = row_normalize(data.x)
         return [data], int(dataset.num_classes)
 
@@ -256,13 +257,14 @@ class TUDataModule(GraphDataModule):
         from torch_geometric.datasets import TUDataset
 
         h = self.hparams
-        root = working_root(h.root, h.name, h.cache_dir, "tudataset")
-        with dataset_lock(root, h.name):
-            dataset = TUDataset(root, h.name, use_node_attr=h.use_node_attr)
+        name: str = h["name"]
+        root = working_root(h["root"], name, h["cache_dir"], "tudataset")
+        with dataset_lock(root, name):
+            dataset = TUDataset(root, name, use_node_attr=h["use_node_attr"])
         graphs = [dataset[i] for i in range(len(dataset))]
-        if dataset.num_node_features == 0 or h.degree_features:
+        if dataset.num_node_features == 0 or h["degree_features"]:
             width = one_hot_degree(graphs)
-            log.info("%s: one-hot degree node features (%d wide)", h.name, width)
+            log.info("%s: one-hot degree node features (%d wide)", name, width)
         for g in graphs:
             g.x = g.x.float()
             g.edge_index = add_self_loops(remove_self_loops(g.edge_index)[0], num_nodes=g.num_nodes)[0]

@@ -9,7 +9,7 @@ from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 from torchvision import datasets as tvd
 from torchvision.transforms import InterpolationMode, v2
 
@@ -68,6 +68,8 @@ def collate_skipping_none(items: Sequence[Any]) -> Any:
 class ImageDataModule(MAEDataModule):
     """Train/val image loaders with MAE's pre-training augmentation (RandomResizedCrop + flip)."""
 
+    collate_fn = staticmethod(collate_skipping_none)
+
     def __init__(
         self,
         dataset: str = "shapes",
@@ -107,26 +109,27 @@ class ImageDataModule(MAEDataModule):
         self.save_hyperparameters()
         self.dataset, self.root, self.download = dataset, root, download
         self.image_size, self.num_channels = image_size, num_channels
+        self.mean, self.std, self.crop_scale, self.hflip = mean, std, crop_scale, hflip
+        self.num_train, self.num_val, self.shapes_seed = num_train, num_val, shapes_seed
+        self.pin_memory = pin_memory
 
     # ------------------------------------------------------------------------------- transforms
     def _channels(self) -> v2.Transform:
         return v2.RGB() if self.num_channels == 3 else v2.Grayscale(num_output_channels=1)
 
     def train_transform(self) -> v2.Compose:
-        hp = self.hparams
         steps: list[v2.Transform] = [v2.ToImage(), self._channels()]
         steps.append(
             v2.RandomResizedCrop(
-                self.image_size, scale=tuple(hp.crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True
+                self.image_size, scale=tuple(self.crop_scale), interpolation=InterpolationMode.BICUBIC, antialias=True
             )
         )
-        if hp.hflip:
+        if self.hflip:
             steps.append(v2.RandomHorizontalFlip())
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(hp.mean), list(hp.std))]
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(self.mean), list(self.std))]
         return v2.Compose(steps)
 
     def eval_transform(self) -> v2.Compose:
-        hp = self.hparams
         return v2.Compose(
             [
                 v2.ToImage(),
@@ -134,15 +137,14 @@ class ImageDataModule(MAEDataModule):
                 v2.Resize(self.image_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
                 v2.CenterCrop(self.image_size),
                 v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(hp.mean), list(hp.std)),
+                v2.Normalize(list(self.mean), list(self.std)),
             ]
         )
 
     # ------------------------------------------------------------------------------- datasets
     def build(self, train: bool, transform: Callable) -> Dataset:
-        hp = self.hparams
         if self.dataset == "shapes":
-            num, seed = (hp.num_train, hp.shapes_seed) if train else (hp.num_val, hp.shapes_seed + 1)
+            num, seed = (self.num_train, self.shapes_seed) if train else (self.num_val, self.shapes_seed + 1)
             images, labels = make_shapes(num, size=self.image_size, seed=seed)
             return TensorImages(images, labels, transform)
         if self.dataset in TORCHVISION:
@@ -153,7 +155,8 @@ class ImageDataModule(MAEDataModule):
                 raise ConfigError(
                     f"{self.dataset} not found under data.root={self.root} (expected {folder}/ there): {err}"
                 ) from err
-        split = os.path.join(self.root, "train" if train else "val")  # type: ignore[arg-type]
+        assert self.root is not None  # __init__ requires data.root for every dataset but shapes
+        split = os.path.join(self.root, "train" if train else "val")
         if not os.path.isdir(split):
             raise ConfigError(f"image_folder needs {split}/<class>/<image> (data.root={self.root})")
         return SkippingImageFolder(split, transform, self.skip_counter())
@@ -164,7 +167,7 @@ class ImageDataModule(MAEDataModule):
         if self.dataset == "cifar100":
             return 100
         if self.dataset == "image_folder":
-            return len(self.train_set.classes) if self.train_set is not None else None  # type: ignore[attr-defined]
+            return len(self.train_set.classes) if isinstance(self.train_set, tvd.ImageFolder) else None
         return 10
 
     def setup(self, stage: str | None = None) -> None:
@@ -173,38 +176,6 @@ class ImageDataModule(MAEDataModule):
             self.train_set = self.build(True, self.train_transform())
             self.val_set = self.build(False, self.eval_transform())
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.hparams.pin_memory,
-            collate_fn=collate_skipping_none,
-        )
-
-    def feature_dataloaders(self, batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-        """(train, val) loaders with the evaluation transform and no shuffling, for frozen-feature
-        probes: every image seen once, as it is, in a fixed order."""
-        self.setup("fit")
-        train = self.build(True, self.eval_transform())
-        loaders = []
-        for dataset in (train, self.val_set):
-            loaders.append(
-                DataLoader(
-                    dataset,
-                    batch_size=batch_size or self.batch_size,
-                    shuffle=False,
-                    num_workers=self.num_workers,
-                    collate_fn=collate_skipping_none,
-                )
-            )
-        return loaders[0], loaders[1]
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)  # type: ignore[arg-type]
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)  # type: ignore[arg-type]
+    def unaugmented_train_set(self) -> Dataset:
+        """The training images with the evaluation transform: every image seen once, as it is."""
+        return self.build(True, self.eval_transform())

@@ -10,18 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CLASSES = (
-    "disk",
-    "square",
-    "triangle",
-    "ring",
-    "plus",
-    "cross",
-    "diamond",
-    "h_stripes",
-    "v_stripes",
-    "checker",
-)
+CLASSES = ("disk", "square", "triangle", "ring", "plus", "cross", "diamond", "h_stripes", "v_stripes", "checker")
 
 
 def _class_mask(k: int, dy: np.ndarray, dx: np.ndarray, yy: np.ndarray, xx: np.ndarray, r: np.ndarray) -> np.ndarray:

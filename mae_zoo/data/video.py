@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import Dataset, default_collate
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule, count_skipped
@@ -215,6 +215,8 @@ def read_list(list_file: Path, root: Path | None) -> list[tuple[str, int]]:
 class VideoDataModule(MAEDataModule):
     """Train/val clip loaders for VideoMAE pre-training and probing."""
 
+    collate_fn = staticmethod(collate_clips)
+
     def __init__(
         self,
         dataset: str = "moving_shapes",
@@ -257,26 +259,32 @@ class VideoDataModule(MAEDataModule):
         self.save_hyperparameters()
         self.dataset, self.root = dataset, root
         self.num_frames, self.image_size, self.num_channels = num_frames, image_size, num_channels
+        self.train_list, self.val_list = train_list, val_list
+        self.val_fraction, self.extensions = val_fraction, extensions
+        self.sampling_rate, self.short_side, self.num_sample = sampling_rate, short_side, num_sample
+        self.scales, self.mean, self.std = scales, mean, std
+        self.num_train, self.num_val, self.shapes_seed = num_train, num_val, shapes_seed
+        self.pin_memory = pin_memory
         self._samples: tuple[list[tuple[str, int]], list[tuple[str, int]]] = ([], [])
         self.classes: list[str] = list(DIRECTIONS) if dataset == "moving_shapes" else []
 
     def transform(self, train: bool) -> ClipTransform:
-        hp = self.hparams
-        return ClipTransform(self.image_size, train, hp.scales, hp.mean, hp.std)
+        return ClipTransform(self.image_size, train, self.scales, self.mean, self.std)
 
     def file_samples(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-        hp = self.hparams
         if self.dataset == "list":
+            assert self.train_list and self.val_list  # __init__ checked both list files
             root = Path(self.root) if self.root else None
-            return read_list(Path(hp.train_list), root), read_list(Path(hp.val_list), root)
-        root = Path(self.root)  # type: ignore[arg-type]
-        exts = tuple(e.lower() for e in hp.extensions)
+            return read_list(Path(self.train_list), root), read_list(Path(self.val_list), root)
+        assert self.root is not None  # __init__ requires data.root for dataset=folder
+        root = Path(self.root)
+        exts = tuple(e.lower() for e in self.extensions)
         if (root / "train").is_dir() and (root / "val").is_dir():
             (train, self.classes), (val, _) = list_folder(root / "train", exts), list_folder(root / "val", exts)
             return train, val
         samples, self.classes = list_folder(root, exts)
         # No split on disk: every k-th file (sorted order) is held out, deterministic and spread out.
-        step = max(2, round(1 / hp.val_fraction)) if hp.val_fraction > 0 else 0
+        step = max(2, round(1 / self.val_fraction)) if self.val_fraction > 0 else 0
         if not step:  # val_fraction 0: validate on the training files (centred clips)
             return samples, samples
         val = samples[step - 1 :: step]
@@ -284,9 +292,8 @@ class VideoDataModule(MAEDataModule):
 
     def build(self, train_split: bool, augment: bool, num_sample: int = 1) -> Dataset:
         """The train or val split, with the training augmentation or the centred evaluation clip."""
-        hp = self.hparams
         if self.dataset == "moving_shapes":
-            num, seed = (hp.num_train, hp.shapes_seed) if train_split else (hp.num_val, hp.shapes_seed + 1)
+            num, seed = (self.num_train, self.shapes_seed) if train_split else (self.num_val, self.shapes_seed + 1)
             videos, labels = make_moving_shapes(num, frames=self.num_frames, size=self.image_size, seed=seed)
             return TensorClips(videos, labels, self.transform(augment), num_sample)
         samples = self._samples[0 if train_split else 1]
@@ -296,8 +303,8 @@ class VideoDataModule(MAEDataModule):
             samples,
             self.transform(augment),
             self.num_frames,
-            hp.sampling_rate,
-            hp.short_side,
+            self.sampling_rate,
+            self.short_side,
             num_sample,
             self.skip_counter(),
         )
@@ -311,39 +318,9 @@ class VideoDataModule(MAEDataModule):
         if self.train_set is None:
             if self.dataset != "moving_shapes":
                 self._samples = self.file_samples()
-            self.train_set = self.build(True, augment=True, num_sample=self.hparams.num_sample)
+            self.train_set = self.build(True, augment=True, num_sample=self.num_sample)
             self.val_set = self.build(False, augment=False)
 
-    def _loader(self, dataset: Dataset, train: bool, batch_size: int | None = None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size or self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > (batch_size or self.batch_size),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=self.hparams.pin_memory,
-            collate_fn=collate_clips,
-        )
-
-    def feature_dataloaders(self, batch_size: int | None = None) -> tuple[DataLoader, DataLoader]:
-        """(train, val) loaders of centred, unaugmented clips in a fixed order, for frozen-feature probes."""
-        self.setup("fit")
-        train = self.build(True, augment=False)
-        loaders = [
-            DataLoader(
-                d,
-                batch_size=batch_size or self.batch_size,
-                shuffle=False,
-                num_workers=self.num_workers,
-                collate_fn=collate_clips,
-            )
-            for d in (train, self.val_set)
-        ]
-        return loaders[0], loaders[1]
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)  # type: ignore[arg-type]
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)  # type: ignore[arg-type]
+    def unaugmented_train_set(self) -> Dataset:
+        """The training videos as centred, unaugmented clips."""
+        return self.build(True, augment=False)

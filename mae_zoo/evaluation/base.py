@@ -42,15 +42,20 @@ class Evaluator(ABC):
     """Epochs the evaluator trains for; None when it trains nothing. ``debug=smoke`` caps it through
     ``trainer.max_epochs`` (:func:`mae_zoo.eval.apply_limits`)."""
 
-    def check(self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule) -> None:  # noqa: B027
+    num_classes: int | None = None
+    """The number of classes when set; None: the datamodule's, else one more than the largest label."""
+
+    def class_count(self, datamodule: EvalData, labels: torch.Tensor | None = None) -> int:
+        """``num_classes`` if set, else :func:`num_classes_of` the data (``labels``: those seen)."""
+        return int(self.num_classes) if self.num_classes else num_classes_of(datamodule, labels)
+
+    def check(self, model: MaskedAutoencoder, datamodule: EvalData) -> None:  # noqa: B027
         """Raise ConfigError when this protocol cannot run on this model and data. ``train`` calls it
         before pre-training and ``evaluate`` before evaluating, so a mismatch fails in seconds rather
         than after the run. Default: nothing to check."""
 
     @abstractmethod
-    def __call__(
-        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
-    ) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: EvalData, run_dir: Path) -> dict[str, Any]:
         """Evaluate ``model`` on ``datamodule``; return metrics keyed ``eval_<name>/<metric>``."""
 
 
@@ -90,7 +95,7 @@ def extract_features(
 
 def split_features(
     model: MaskedAutoencoder,
-    datamodule: MAEDataModule | LimitedDataModule,
+    datamodule: EvalData,
     device: torch.device | str = "cpu",
     precision: str = "32-true",
     features: str = "embed",
@@ -144,18 +149,15 @@ class FrozenFeatures:
     num_classes: int
 
 
-def frozen_features(
-    evaluator: Any, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule
-) -> FrozenFeatures:
+def frozen_features(evaluator: Any, model: MaskedAutoencoder, datamodule: EvalData) -> FrozenFeatures:
     """Device, precision, pooling, (cached) train/val features and class count from an evaluator's
     ``device, precision, pool, features, feature_batch_size, feature_cache, num_classes`` settings."""
-    device = resolve_device(evaluator.device)
-    precision = resolve_eval_precision(evaluator.precision, device)
+    device, precision = resolve_runtime(evaluator.device, evaluator.precision)
     set_pool(model, evaluator.pool)
     train_x, train_y, val_x, val_y = split_features(
         model, datamodule, device, precision, evaluator.features, evaluator.feature_batch_size, evaluator.feature_cache
     )
-    num_classes = evaluator.num_classes or num_classes_of(datamodule, torch.cat([train_y, val_y]))
+    num_classes = evaluator.class_count(datamodule, torch.cat([train_y, val_y]))
     return FrozenFeatures(torch.device(device), precision, train_x, train_y, val_x, val_y, num_classes)
 
 
@@ -193,7 +195,7 @@ def accuracy_metrics(prefix: str, logits: torch.Tensor, labels: torch.Tensor, nu
     return {f"{prefix}/top{k}": 100.0 * c / n for k, c in zip(ks, correct)}
 
 
-def num_classes_of(datamodule: MAEDataModule | LimitedDataModule, labels: torch.Tensor | None = None) -> int:
+def num_classes_of(datamodule: EvalData, labels: torch.Tensor | None = None) -> int:
     """The datamodule's ``num_classes`` if it knows it, else its train set's targets/labels, else the labels seen."""
     if datamodule.num_classes:
         return int(datamodule.num_classes)
@@ -212,6 +214,12 @@ def num_classes_of(datamodule: MAEDataModule | LimitedDataModule, labels: torch.
 # --------------------------------------------------------------------------------------- runtime
 def resolve_eval_precision(precision: str | int, device: torch.device | str) -> str:
     return str(resolve_precision(precision, "gpu" if torch.device(device).type == "cuda" else "cpu"))
+
+
+def resolve_runtime(device: str, precision: str | int) -> tuple[torch.device, str]:
+    """The device (``auto``: CUDA when there is one) and the precision an evaluator runs at there."""
+    resolved = resolve_device(device)
+    return resolved, resolve_eval_precision(precision, resolved)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -307,3 +315,6 @@ class LimitedDataModule:
         if name == "datamodule":
             raise AttributeError(name)
         return getattr(self.datamodule, name)
+
+
+EvalData = MAEDataModule | LimitedDataModule  # what an evaluator is given: a datamodule, maybe batch-limited

@@ -27,17 +27,7 @@ import torch.nn.functional as F
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.optim import NO_DECAY_NAMES, WarmupCosine
-from mae_zoo.data.base import MAEDataModule
-from mae_zoo.evaluation.base import (
-    Evaluator,
-    LimitedDataModule,
-    accuracy_metrics,
-    autocast,
-    num_classes_of,
-    resolve_device,
-    resolve_eval_precision,
-    to_device,
-)
+from mae_zoo.evaluation.base import EvalData, Evaluator, accuracy_metrics, autocast, resolve_runtime, to_device
 from mae_zoo.nets.vit import TransformerStack
 
 EMBED_PREFIXES = ("cls_token", "pos_embed", "patch_embed", "dist_token", "reg_token", "mask_token")
@@ -103,20 +93,26 @@ class ViTClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.tokenize = model.tokenize  # a bound method: tokenizers hold no parameters
-        self.encoder = copy.deepcopy(model.encoder)
-        self.depth = len(self.encoder.blocks)
-        self.num_prefix = int(self.encoder.num_prefix)
+        encoder = copy.deepcopy(model.encoder)
+        if not isinstance(encoder, TransformerStack):
+            raise ConfigError(f"ViTClassifier needs a ViT encoder (TransformerStack), got {type(encoder).__name__}")
+        self.encoder = encoder
+        self.depth = len(encoder.blocks)
+        self.num_prefix = int(encoder.num_prefix)
         if not global_pool and self.num_prefix == 0:
             raise ConfigError("global_pool=false needs a cls token, and this encoder has none")
         self.global_pool = global_pool
-        dim = self.encoder.norm.normalized_shape[0]
+        norm = encoder.norm
+        if not isinstance(norm, nn.LayerNorm):
+            raise ConfigError(f"ViTClassifier needs the encoder's final LayerNorm, got {type(norm).__name__}")
+        dim = norm.normalized_shape[0]
         if global_pool:
-            eps = self.encoder.norm.eps
-            self.encoder.norm = nn.Identity()
+            eps = norm.eps
+            encoder.norm = nn.Identity()
             self.fc_norm: nn.Module = nn.LayerNorm(dim, eps=eps)
         else:
             self.fc_norm = nn.Identity()
-        set_drop_path(self.encoder.blocks, drop_path)
+        set_drop_path(encoder.blocks, drop_path)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=head_init_std)
         nn.init.zeros_(self.head.bias)
@@ -147,6 +143,7 @@ class FineTune(Evaluator):
     """Fine-tune a copy of the encoder on the augmented train loader; top-1/top-5 on the val loader."""
 
     name = "finetune"
+    epochs: int
 
     def __init__(
         self,
@@ -175,9 +172,10 @@ class FineTune(Evaluator):
             raise ConfigError(f"eval.drop_path must be in [0, 1), got {drop_path}")
         self.epochs, self.warmup_epochs, self.blr, self.lr, self.min_lr = epochs, warmup_epochs, blr, lr, min_lr
         self.layer_decay, self.weight_decay, self.drop_path = layer_decay, weight_decay, drop_path
+        beta1, beta2 = betas
         self.label_smoothing, self.betas, self.global_pool, self.clip_grad = (
             label_smoothing,
-            tuple(betas),
+            (beta1, beta2),
             global_pool,
             clip_grad,
         )
@@ -191,21 +189,18 @@ class FineTune(Evaluator):
             return net, layer_decay_param_groups(net, self.weight_decay, self.layer_decay, net.depth), "vit"
         with torch.no_grad():
             dim = model.embed(sample).shape[-1]
-        net = EmbedClassifier(model, num_classes, dim)
-        return net, layer_decay_param_groups(net, self.weight_decay, 1.0, 0), "embed"
+        fallback = EmbedClassifier(model, num_classes, dim)
+        return fallback, layer_decay_param_groups(fallback, self.weight_decay, 1.0, 0), "embed"
 
-    def __call__(
-        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
-    ) -> dict[str, Any]:
-        device = resolve_device(self.device)
-        precision = resolve_eval_precision(self.precision, device)
+    def __call__(self, model: MaskedAutoencoder, datamodule: EvalData, run_dir: Path) -> dict[str, Any]:
+        device, precision = resolve_runtime(self.device, self.precision)
         datamodule.setup("fit")
         train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
         steps_per_epoch = len(train_loader)
         if steps_per_epoch == 0:
             raise ConfigError("the train loader is empty (fewer samples than one batch?)")
         first = to_device(next(iter(train_loader)), device)
-        num_classes = self.num_classes or num_classes_of(datamodule, MaskedAutoencoder.batch_labels(first))
+        num_classes = self.class_count(datamodule, MaskedAutoencoder.batch_labels(first))
         net, groups, mode = self.build(model.to(device), num_classes, first)
         net = net.to(device)
         batch_size = int(MaskedAutoencoder.batch_inputs(first).shape[0])
@@ -226,7 +221,7 @@ class FineTune(Evaluator):
             loss_sum, seen = 0.0, 0
             for batch in train_loader:
                 batch = to_device(batch, device)
-                labels = MaskedAutoencoder.batch_labels(batch).long()
+                labels = batch_labels(batch)
                 for group in opt.param_groups:
                     group["lr"] = lr * schedule(step) * group["lr_scale"]
                 with autocast(precision, device):
@@ -274,6 +269,14 @@ class FineTune(Evaluator):
         return metrics
 
 
+def batch_labels(batch: Any) -> torch.Tensor:
+    """The batch's labels as int64; a ConfigError for unlabelled batches."""
+    labels = MaskedAutoencoder.batch_labels(batch)
+    if labels is None:
+        raise ConfigError("eval=finetune needs labelled batches ((input, label) tuples or dicts with 'label')")
+    return labels.long()
+
+
 @torch.no_grad()
 def predict(net: nn.Module, loader: Any, device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     net.eval()
@@ -282,7 +285,7 @@ def predict(net: nn.Module, loader: Any, device: torch.device, precision: str) -
         batch = to_device(batch, device)
         with autocast(precision, device):
             logits.append(net(batch).float().cpu())
-        labels.append(MaskedAutoencoder.batch_labels(batch).long().cpu())
+        labels.append(batch_labels(batch).cpu())
     if not logits:
         raise ConfigError("the val loader gave no batches")
     return torch.cat(logits), torch.cat(labels)

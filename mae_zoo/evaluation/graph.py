@@ -23,15 +23,14 @@ import torch.nn as nn
 from torch_geometric.data import Data
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.data.base import MAEDataModule
 from mae_zoo.data.graph import GraphDataModule
-from mae_zoo.evaluation.base import Evaluator, LimitedDataModule
+from mae_zoo.evaluation.base import EvalData, Evaluator, LimitedDataModule
 from mae_zoo.modalities.graph import POOLINGS, GraphMAE
 
 GRAPH_FEATURES = ("embed", "input")
 
 
-def require_task(datamodule: MAEDataModule | LimitedDataModule, task: str) -> GraphDataModule:
+def require_task(datamodule: EvalData, task: str) -> GraphDataModule:
     """The (unwrapped) datamodule if it serves ``task`` graphs, else a ConfigError naming the right protocol."""
     # The wrapper is no GraphDataModule; its batch limits do not apply here anyway (these protocols
     # read graphs() and eval_dataloader(), not the limited train/val loaders).
@@ -47,9 +46,7 @@ def require_task(datamodule: MAEDataModule | LimitedDataModule, task: str) -> Gr
 
 
 @torch.no_grad()
-def node_embeddings(
-    model: Any, datamodule: MAEDataModule | LimitedDataModule, features: str = "embed"
-) -> tuple[Data, torch.Tensor]:
+def node_embeddings(model: Any, datamodule: EvalData, features: str = "embed") -> tuple[Data, torch.Tensor]:
     """The full graph and its (N, D) node features: the encoder on the clean graph in eval mode
     (official ``model.embed``), or the input features themselves (``input``: the no-learning baseline)."""
     if features not in GRAPH_FEATURES:
@@ -71,6 +68,7 @@ class NodeLinearProbe(Evaluator):
     """GraphMAE's transductive linear probe (``linear_probing_for_transductive_node_classiifcation``)."""
 
     name = "linear"
+    epochs: int
 
     def __init__(
         self, lr: float = 0.01, weight_decay: float = 1e-4, epochs: int = 300, features: str = "embed", seed: int = 0
@@ -78,10 +76,10 @@ class NodeLinearProbe(Evaluator):
         self.lr, self.weight_decay, self.epochs = float(lr), float(weight_decay), int(epochs)
         self.features, self.seed = features, int(seed)
 
-    def check(self, model: Any, datamodule: MAEDataModule | LimitedDataModule) -> None:
+    def check(self, model: Any, datamodule: EvalData) -> None:
         require_task(datamodule, "node")
 
-    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: EvalData, run_dir: Path) -> dict[str, float]:
         data, x = node_embeddings(model, datamodule, self.features)
         return self.probe(x, data.y, data.train_mask, data.val_mask, data.test_mask)
 
@@ -123,7 +121,7 @@ class NodeLinearProbe(Evaluator):
 
 @torch.no_grad()
 def graph_embeddings(
-    model: Any, datamodule: MAEDataModule | LimitedDataModule, batch_size: int | None = None, features: str = "embed"
+    model: Any, datamodule: EvalData, batch_size: int | None = None, features: str = "embed"
 ) -> tuple[np.ndarray, np.ndarray]:
     """(G, D) pooled embeddings and (G,) labels of every graph, in dataset order; ``features="input"``
     pools the input node features instead (the no-learning baseline)."""
@@ -180,12 +178,12 @@ class GraphSVM(Evaluator):
         self.folds, self.c_grid, self.features = int(folds), tuple(float(c) for c in c_grid), features
         self.fold_seed, self.svc_seed, self.batch_size = int(fold_seed), int(svc_seed), batch_size
 
-    def check(self, model: Any, datamodule: MAEDataModule | LimitedDataModule) -> None:
+    def check(self, model: Any, datamodule: EvalData) -> None:
         require_task(datamodule, "graph")
         if not isinstance(model, GraphMAE) or model.pooling is None:
             raise ConfigError("eval=graph_svm needs pooled embeddings: set module.pooling to mean, max or sum")
 
-    def __call__(self, model: Any, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path) -> dict[str, float]:
+    def __call__(self, model: Any, datamodule: EvalData, run_dir: Path) -> dict[str, float]:
         self.check(model, datamodule)
         x, y = graph_embeddings(model, datamodule, self.batch_size, self.features)
         mean, std = svm_cross_validation(x, y, self.folds, self.c_grid, self.fold_seed, self.svc_seed)

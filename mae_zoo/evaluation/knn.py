@@ -20,14 +20,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.data.base import MAEDataModule
-from mae_zoo.evaluation.base import (
-    Evaluator,
-    LimitedDataModule,
-    check_features,
-    frozen_features,
-    topk_correct,
-)
+from mae_zoo.evaluation.base import EvalData, Evaluator, check_features, frozen_features, topk_correct
 
 
 @torch.no_grad()
@@ -67,6 +60,11 @@ class KNNAccuracy(Metric):
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
+    # States (add_state below): lists of per-update tensors in one process; one tensor each after a DDP sync.
+    train_features: list[torch.Tensor] | torch.Tensor
+    train_labels: list[torch.Tensor] | torch.Tensor
+    query_features: list[torch.Tensor] | torch.Tensor
+    query_labels: list[torch.Tensor] | torch.Tensor
 
     def __init__(
         self,
@@ -94,10 +92,13 @@ class KNNAccuracy(Metric):
     ) -> None:
         if (train_features is None) != (train_labels is None) or (query_features is None) != (query_labels is None):
             raise ValueError("features and labels come in pairs")
-        if train_features is not None:
+        # update() runs on this process's own states: still lists (the DDP sync happens in compute()).
+        assert isinstance(self.train_features, list) and isinstance(self.train_labels, list)
+        assert isinstance(self.query_features, list) and isinstance(self.query_labels, list)
+        if train_features is not None and train_labels is not None:
             self.train_features.append(train_features.detach().float())
             self.train_labels.append(train_labels.detach().long())
-        if query_features is not None:
+        if query_features is not None and query_labels is not None:
             self.query_features.append(query_features.detach().float())
             self.query_labels.append(query_labels.detach().long())
 
@@ -143,9 +144,7 @@ class KNNEvaluator(Evaluator):
         self.device, self.precision, self.num_classes = device, precision, num_classes
         KNNAccuracy(k=k, temperature=temperature)  # validates k and temperature at start-up
 
-    def __call__(
-        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
-    ) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: EvalData, run_dir: Path) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
@@ -156,7 +155,7 @@ class KNNEvaluator(Evaluator):
             query_features=val_x.to(device),
             query_labels=val_y.to(device),
         )
-        result = {f"eval_knn/{key}": round(float(value), 4) for key, value in metric.compute().items()}
+        result: dict[str, Any] = {f"eval_knn/{key}": round(float(value), 4) for key, value in metric.compute().items()}
         result.update(
             {
                 "eval_knn/k": self.k,

@@ -23,15 +23,7 @@ import torch.nn.functional as F
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.optim import WarmupCosine
-from mae_zoo.data.base import MAEDataModule
-from mae_zoo.evaluation.base import (
-    Evaluator,
-    LimitedDataModule,
-    accuracy_metrics,
-    check_features,
-    cpu_threads,
-    frozen_features,
-)
+from mae_zoo.evaluation.base import EvalData, Evaluator, accuracy_metrics, check_features, cpu_threads, frozen_features
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 
@@ -88,9 +80,10 @@ class LinearHead(nn.Sequential):
     """MAE's probe head: affine-free BatchNorm then a Linear layer."""
 
     def __init__(self, in_dim: int, num_classes: int) -> None:
-        super().__init__(nn.BatchNorm1d(in_dim, affine=False, eps=1e-6), nn.Linear(in_dim, num_classes))
-        nn.init.trunc_normal_(self[1].weight, std=0.01)
-        nn.init.zeros_(self[1].bias)
+        norm, linear = nn.BatchNorm1d(in_dim, affine=False, eps=1e-6), nn.Linear(in_dim, num_classes)
+        super().__init__(norm, linear)
+        nn.init.trunc_normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
 
 
 def build_optimizer(
@@ -206,6 +199,7 @@ class LinearProbe(Evaluator):
     """Frozen encoder, features cached once; the BN + Linear head trains on them."""
 
     name = "linear"
+    epochs: int
 
     def __init__(
         self,
@@ -239,13 +233,11 @@ class LinearProbe(Evaluator):
         self.feature_cache = feature_cache
         self.num_classes, self.seed = num_classes, seed
 
-    def __call__(
-        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
-    ) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: EvalData, run_dir: Path) -> dict[str, Any]:
         f = frozen_features(self, model, datamodule)
         device, precision, num_classes = f.device, f.precision, f.num_classes
         train_x, train_y, val_x, val_y = f.train_x, f.train_y, f.val_x, f.val_y
-        _, metrics = train_linear_probe(
+        _, probe_metrics = train_linear_probe(
             train_x.to(device),
             train_y.to(device),
             val_x.to(device),
@@ -262,6 +254,7 @@ class LinearProbe(Evaluator):
             min_lr=self.min_lr,
             seed=self.seed,
         )
+        metrics: dict[str, Any] = dict(probe_metrics)
         metrics.update(
             {
                 "eval_linear/features": self.features,

@@ -31,7 +31,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn as nn
@@ -39,17 +39,7 @@ import torch.nn.functional as F
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.data.base import MAEDataModule
-from mae_zoo.evaluation.base import (
-    Evaluator,
-    LimitedDataModule,
-    accuracy_metrics,
-    autocast,
-    num_classes_of,
-    resolve_device,
-    resolve_eval_precision,
-    to_device,
-)
+from mae_zoo.evaluation.base import EvalData, Evaluator, accuracy_metrics, autocast, resolve_runtime, to_device
 
 
 # ----------------------------------------------------------------------------------- the head
@@ -180,6 +170,16 @@ def token_features(model: MaskedAutoencoder, batch: Any, focal: bool = False) ->
 
 
 # ----------------------------------------------------------------------------------- the evaluator
+class HeadSettings(TypedDict):
+    """The :class:`PrototypeHead` keyword arguments an evaluator's settings fix."""
+
+    prototypes_per_class: int
+    topk: int
+    class_specific: bool
+    init_weight: float
+    init_bias: float | None
+
+
 class PrototypeEvaluator(Evaluator):
     """Train a :class:`PrototypeHead` on the frozen encoder's patch tokens; report val top-1 (percent).
 
@@ -191,6 +191,7 @@ class PrototypeEvaluator(Evaluator):
     """
 
     name = "prototype"
+    epochs: int
 
     def __init__(
         self,
@@ -221,7 +222,7 @@ class PrototypeEvaluator(Evaluator):
             raise ConfigError(
                 f"eval.prototypes_per_class and eval.topk must be >= 1, got {prototypes_per_class} and {topk}"
             )
-        self.head_kwargs = dict(
+        self.head_kwargs = HeadSettings(
             prototypes_per_class=prototypes_per_class,
             topk=topk,
             class_specific=class_specific,
@@ -290,12 +291,9 @@ class PrototypeEvaluator(Evaluator):
             yield self._tokens(model, batch, device, precision)
 
     # ------------------------------------------------------------------------------- run
-    def __call__(
-        self, model: MaskedAutoencoder, datamodule: MAEDataModule | LimitedDataModule, run_dir: Path
-    ) -> dict[str, Any]:
+    def __call__(self, model: MaskedAutoencoder, datamodule: EvalData, run_dir: Path) -> dict[str, Any]:
         start = time.time()
-        device = resolve_device(self.device)
-        precision = resolve_eval_precision(self.precision, device)
+        device, precision = resolve_runtime(self.device, self.precision)
         model = model.to(device).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -311,10 +309,10 @@ class PrototypeEvaluator(Evaluator):
                 if train_cache is not None
                 else torch.cat([torch.as_tensor(MaskedAutoencoder.batch_labels(b)) for b in train_loader])
             )
-            num_classes = num_classes_of(datamodule, seen.cpu())
+            num_classes = self.class_count(datamodule, seen.cpu())
         first_tokens, _ = next(self._batches(model, val_loader, val_cache, device, precision))
         generator = torch.Generator().manual_seed(self.seed)
-        head = PrototypeHead(first_tokens.shape[-1], num_classes, generator=generator, **self.head_kwargs).to(device)  # type: ignore[arg-type]
+        head = PrototypeHead(first_tokens.shape[-1], num_classes, generator=generator, **self.head_kwargs).to(device)
 
         groups = [
             {"params": [head.prototypes], "lr": self.prototype_lr, "weight_decay": self.prototype_wd},

@@ -8,16 +8,18 @@ rows zeroed) feeds a one-layer GNN decoder, and the loss is the scaled cosine er
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import Generator, Tensor
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.core.types import Decoded, Encoded, Layout, Masks, Tokens
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, Masks, Tokens
+from mae_zoo.data.base import trainer_datamodule
 from mae_zoo.data.graph import GraphDataModule
 from mae_zoo.masks.node import NodeMask
 from mae_zoo.nets.gnn import GNN, corrupt_nodes, drop_edges
@@ -37,6 +39,8 @@ class GraphMAE(MaskedAutoencoder):
     """
 
     datamodule_class = "mae_zoo.data.graph.SBMDataModule"
+    encoder: GNN
+    decoder: GNN
 
     def __init__(
         self, encoder: dict, decoder: dict, in_dim: int | None = None, pooling: str | None = None, **shared: Any
@@ -97,7 +101,7 @@ class GraphMAE(MaskedAutoencoder):
     def configure_model(self) -> None:
         if self.in_dim is not None:
             return
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        datamodule = trainer_datamodule(self._trainer)
         if not isinstance(datamodule, GraphDataModule):
             raise ConfigError("GraphMAE needs module.in_dim or a graph datamodule (its num_features)")
         self._build(datamodule.num_features)
@@ -117,11 +121,7 @@ class GraphMAE(MaskedAutoencoder):
         return Tokens(inputs=x.unsqueeze(0), target=x.unsqueeze(0), layout=layout)
 
     def encode(
-        self,
-        tokens: Tokens,
-        mask: torch.Tensor | None,
-        generator: torch.Generator | None = None,
-        keep: Sequence[int] = (),
+        self, tokens: Tokens, mask: Tensor | None, generator: Generator | None = None, keep: Keep = ()
     ) -> Encoded:
         """The encoder on the whole graph; with a mask, hidden nodes' features corrupted and DropEdge
         applied (in the official draw order). ``keep``: GNN layers whose outputs to return."""
@@ -132,7 +132,7 @@ class GraphMAE(MaskedAutoencoder):
         latent, hidden = self.encoder.forward_layers(x, edge_index, keep)
         return Encoded(latent, intermediates=hidden)
 
-    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Sequence[int] = ()) -> Decoded:
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Keep = ()) -> Decoded:
         # Re-mask: the decoder must rebuild hidden nodes from their neighbours' codes alone.
         rep = self.encoder_to_decoder(encoded.latent).masked_fill(masks.hidden[0, :, None], 0.0)
         pred, hidden = self.decoder.forward_layers(rep, tokens.layout.extra["edge_index"], keep)

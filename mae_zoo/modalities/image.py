@@ -62,7 +62,8 @@ class ImageMAE(PixelMAE):
 
     @property
     def grid(self) -> tuple[int, int]:
-        return self.layout.shape  # type: ignore[return-value]
+        h, w = self.layout.shape
+        return h, w
 
     def tokenize(self, batch: Any) -> Tokens:
         images = self.batch_inputs(batch)

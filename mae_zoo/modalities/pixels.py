@@ -17,6 +17,9 @@ class PixelStats(nn.Module):
     """Per-channel input normalisation (``pixel_mean``, ``pixel_std``; None: 0 and 1) of images
     (B, C, H, W) or clips (B, C, T, H, W). Non-persistent buffers: checkpoints stay data-agnostic."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int, spatial_dims: int
     ) -> None:

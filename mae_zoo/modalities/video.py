@@ -24,14 +24,15 @@ Clips are (B, C, T, H, W) (the official layout; HF takes (B, T, C, H, W)). Token
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from lightning_fabric.utilities.apply_func import apply_to_collection
+from torch import Generator, Tensor
 
 from mae_zoo.core.errors import ConfigError, divisors
-from mae_zoo.core.types import Decoded, Encoded, Layout, Masks, Tokens
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, Masks, Tokens
 from mae_zoo.modalities.pixels import PixelMAE
 from mae_zoo.nets.pos_embed import Grid
 from mae_zoo.nets.video import VideoDecoder, VideoEncoder, init_videomae_weights
@@ -48,7 +49,7 @@ def tubeletify(videos: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     return x.reshape(b, t * h * w, tubelet * patch * patch * c)
 
 
-def untubeletify(tokens: torch.Tensor, tubelet: int, patch: int, grid: Grid, channels: int) -> torch.Tensor:
+def untubeletify(tokens: torch.Tensor, tubelet: int, patch: int, grid: tuple[int, ...], channels: int) -> torch.Tensor:
     """Inverse of :func:`tubeletify`."""
     b = tokens.shape[0]
     t, h, w = grid
@@ -91,7 +92,8 @@ class VideoMAE(PixelMAE):
 
     @property
     def grid(self) -> Grid:
-        return self.layout.shape  # type: ignore[return-value]
+        t, h, w = self.layout.shape
+        return t, h, w
 
     def tokenize(self, batch: Any) -> Tokens:
         videos = self.batch_inputs(batch)
@@ -111,16 +113,12 @@ class VideoMAE(PixelMAE):
         return Tokens(inputs=inputs, target=target, layout=layout)
 
     def encode(
-        self,
-        tokens: Tokens,
-        mask: torch.Tensor | None,
-        generator: torch.Generator | None = None,
-        keep: Sequence[int] = (),
+        self, tokens: Tokens, mask: Tensor | None, generator: Generator | None = None, keep: Keep = ()
     ) -> Encoded:
         # The grid travels with the tokens: clips of another size resample the position table.
         return self.encoder(tokens.inputs, mask, tokens.layout.shape, keep=keep)
 
-    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Sequence[int] = ()) -> Decoded:
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Keep = ()) -> Decoded:
         return self.decoder(encoded, masks.predict, tokens.layout.shape, keep=keep)
 
     @torch.no_grad()

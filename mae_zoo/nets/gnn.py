@@ -75,7 +75,7 @@ class GATLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         gain = nn.init.calculate_gain("relu")
-        nn.init.xavier_normal_(self.conv.lin.weight, gain=gain)  # type: ignore[union-attr]
+        nn.init.xavier_normal_(self.conv.lin.weight, gain=gain)
         nn.init.xavier_normal_(self.conv.att_src, gain=gain)
         nn.init.xavier_normal_(self.conv.att_dst, gain=gain)
         nn.init.zeros_(self.conv.bias)

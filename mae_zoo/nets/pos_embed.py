@@ -62,13 +62,15 @@ def interpolate_table(table: torch.Tensor, source: Grid, target: Grid) -> torch.
 
 
 class PositionTable(nn.Module):
+    table: torch.Tensor
+
     """The fixed table for the configured grid (a non-persistent buffer, as in the official code,
     so checkpoints load at any clip size), resampled for inputs of another size."""
 
     def __init__(self, grid: Grid, dim: int) -> None:
         super().__init__()
-        self.grid = tuple(grid)
+        self.grid: Grid = (grid[0], grid[1], grid[2])
         self.register_buffer("table", sinusoid_table(math.prod(grid), dim), persistent=False)
 
     def forward(self, grid: Grid) -> torch.Tensor:
-        return interpolate_table(self.table, self.grid, grid)  # type: ignore[arg-type]
+        return interpolate_table(self.table, self.grid, grid)

@@ -25,6 +25,8 @@ class QVBiasAttention(Attention):
 
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, **kwargs: Any) -> None:
         super().__init__(dim, num_heads=num_heads, qkv_bias=False, **{k: v for k, v in kwargs.items() if k != "depth"})
+        self.q_bias: nn.Parameter | None
+        self.v_bias: nn.Parameter | None
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(self.attn_dim))
             self.v_bias = nn.Parameter(torch.zeros(self.attn_dim))
@@ -33,7 +35,7 @@ class QVBiasAttention(Attention):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         bias = None
-        if self.q_bias is not None:
+        if self.q_bias is not None and self.v_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         b, n, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)

@@ -14,13 +14,15 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
+from torch import Tensor
 
 from mae_zoo.core.types import Decoded, Encoded, Visible
 
 
 def layer_norm(eps: float = 1e-6) -> type[nn.LayerNorm]:
-    return partial(nn.LayerNorm, eps=eps)  # type: ignore[return-value]
+    return partial(nn.LayerNorm, eps=eps)  # type: ignore[return-value]  # timm takes any norm factory
 
 
 class PatchProjection(nn.Module):
@@ -34,8 +36,16 @@ class PatchProjection(nn.Module):
 
     def __init__(self, in_chans: int, kernel: tuple[int, ...], embed_dim: int) -> None:
         super().__init__()
-        conv = nn.Conv2d if len(kernel) == 2 else nn.Conv3d
-        self.proj = conv(in_chans, embed_dim, kernel_size=kernel, stride=kernel)
+        self.proj: nn.Conv2d | nn.Conv3d
+        if len(kernel) == 2:
+            self.proj = nn.Conv2d(
+                in_chans, embed_dim, kernel_size=(kernel[0], kernel[1]), stride=(kernel[0], kernel[1])
+            )
+        elif len(kernel) == 3:
+            size = (kernel[0], kernel[1], kernel[2])
+            self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=size, stride=size)
+        else:
+            raise ValueError(f"patch kernels are 2-D (image) or 3-D (video tubes), got {kernel}")
 
     @property
     def in_features(self) -> int:
@@ -69,12 +79,13 @@ class TransformerStack(nn.Module):
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
         # attn_layer: timm's fused-qkv Attention unless a modality needs another (VideoMAE's q/v-only biases).
-        extra = {"attn_layer": attn_layer} if attn_layer is not None else {}
+        attn = attn_layer or Attention
+        norm = layer_norm(norm_eps)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=layer_norm(norm_eps), **extra)
+            Block(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=r, norm_layer=norm, attn_layer=attn)
             for r in rates
         )
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm: nn.Module = nn.LayerNorm(dim, eps=norm_eps)  # fine-tuning may swap it for Identity
 
     def block_indices(self, keep: Sequence[int]) -> set[int]:
         """Block numbers from ``keep`` (negative counts from the last block), checked against the depth."""
@@ -139,18 +150,10 @@ class MAEDecoder(TransformerStack):
     """MAE decoder: Linear -> mask tokens -> unshuffle -> + fixed positions -> blocks -> norm -> Linear."""
 
     def __init__(
-        self,
-        encoder_dim: int,
-        pos_table: torch.Tensor,
-        out_dim: int,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 16,
-        num_prefix: int = 1,
-        **stack: Any,
+        self, encoder_dim: int, pos_table: Tensor, out_dim: int, embed_dim: int = 512, num_prefix: int = 1, **stack: Any
     ) -> None:
-        """``stack``: further :class:`TransformerStack` options (mlp_ratio, qkv_bias, norm_eps)."""
-        super().__init__(embed_dim, depth, num_heads, **stack)
+        """``stack``: the :class:`TransformerStack` sizes; MAE's decoder defaults to 8 blocks of 16 heads."""
+        super().__init__(embed_dim, **{"depth": 8, "num_heads": 16, **stack})
         self.num_prefix = num_prefix
         self.decoder_embed = nn.Linear(encoder_dim, embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))

@@ -18,7 +18,7 @@ def print_config_tree(cfg: DictConfig, console: Console | None = None) -> None:
     for key in keys:
         if key in scalars:
             continue
-        branch = tree.add(f"[bold]{key}[/bold]")
+        branch = tree.add(f"[bold]{key!s}[/bold]")
         text = OmegaConf.to_yaml(cfg[key], resolve=True).rstrip() or "{}"
         branch.add(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     if scalars:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.loggers.csv_logs import _ExperimentWriter as _FabricExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
@@ -33,7 +34,9 @@ def _sweep_info() -> tuple[str | None, str | None, list[str]]:
         return None, None, []
     group = str(hc.sweep.dir)[-128:]  # W&B limit
     tags = [str(o) for o in hc.overrides.task if not str(o).startswith(("hydra", "paths."))]
-    return group, str(hc.job.get("num", "")), [t for t in tags if len(t) <= 64]
+    job = hc.job  # typed as Hydra's JobConf dataclass; at run time a DictConfig, where "num" may be unset
+    num = job.get("num", "") if isinstance(job, DictConfig) else job.num
+    return group, str(num), [t for t in tags if len(t) <= 64]
 
 
 def wandb_logger(
@@ -85,9 +88,11 @@ class WandbResolvedConfig(Callback):
         self.config: dict | None = None
         if any("wandb" in str((c or {}).get("_target_", "")) for c in (cfg.get("logger") or {}).values()):
             try:
-                self.config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+                container = OmegaConf.to_container(cfg, resolve=True)
             except Exception:
-                self.config = OmegaConf.to_container(cfg, resolve=False)  # type: ignore[assignment]
+                container = OmegaConf.to_container(cfg, resolve=False)
+            assert isinstance(container, dict)  # a DictConfig converts to a dict
+            self.config = container
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self.config is not None:
@@ -138,7 +143,7 @@ class ResumableCSVLogger(CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
+    def experiment(self) -> _FabricExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)

@@ -36,11 +36,14 @@ def collect(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]], dic
     jobs = []
     for overrides_file in sweep.glob("*/.hydra/overrides.yaml"):
         job_dir = overrides_file.parent.parent
-        overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))]  # type: ignore[union-attr]
+        listed = OmegaConf.to_container(OmegaConf.load(overrides_file))
+        if not isinstance(listed, list):
+            raise ValueError(f"{overrides_file} is not a list of overrides")
+        overrides = [str(o) for o in listed]
         metrics_file = job_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
         jobs.append((job_dir, dict(_override_pair(o) for o in overrides), metrics))
-    jobs.sort(key=lambda j: (0, int(j[0].name)) if j[0].name.isdigit() else (1, j[0].name))  # type: ignore[arg-type]
+    jobs.sort(key=lambda j: (0, int(j[0].name)) if j[0].name.isdigit() else (1, j[0].name))
     keys: list[str] = []
     for _, ov, _ in jobs:
         keys += [k for k in ov if k not in keys]

@@ -39,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from mae_zoo.nets.video import QVBiasAttention
+from mae_zoo.nets.vit import TransformerStack
 from mae_zoo.objectives import TubeNormalizedMSE
-from mae_zoo.weights.hf_vitmae import StateDictMismatchError, _raise_unknown, load_state_dict_exact
+from mae_zoo.weights.hf_vitmae import StateDictMismatchError, _raise_unknown, _submodule, load_state_dict_exact
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import VideoMAEConfig
@@ -181,19 +183,23 @@ def load_videomae_into_hf(hf_model: nn.Module, state_dict: Mapping[str, torch.Te
 
 # ------------------------------------------------------------------------------------ configs
 def _stack(stack: nn.Module, name: str) -> dict[str, Any]:
-    blocks = list(stack.blocks)  # type: ignore[arg-type]
+    if not isinstance(stack, TransformerStack):
+        raise TypeError(f"{name} is a {type(stack).__name__}, not a TransformerStack")
+    blocks = list(stack.blocks)
     if not blocks:
         raise ValueError(f"{name} has no blocks; HF VideoMAE needs at least one layer")
-    eps = {m.eps for m in blocks[0].modules() if isinstance(m, nn.LayerNorm)} | {stack.norm.eps}  # type: ignore[union-attr]
+    norm = _submodule(stack, "norm", nn.LayerNorm)
+    eps = {m.eps for m in blocks[0].modules() if isinstance(m, nn.LayerNorm)} | {norm.eps}
     if len(eps) != 1:
         raise ValueError(f"{name} mixes LayerNorm eps values {sorted(eps)}")
     first = blocks[0]
+    attn = _submodule(first, "attn", QVBiasAttention)
     return {
-        "dim": first.norm1.normalized_shape[0],
+        "dim": _submodule(first, "norm1", nn.LayerNorm).normalized_shape[0],
         "depth": len(blocks),
-        "heads": first.attn.num_heads,
-        "intermediate": first.mlp.fc1.out_features,
-        "qv_bias": first.attn.q_bias is not None,
+        "heads": attn.num_heads,
+        "intermediate": _submodule(first, "mlp.fc1", nn.Linear).out_features,
+        "qv_bias": attn.q_bias is not None,
         "eps": eps.pop(),
     }
 
@@ -233,6 +239,13 @@ def hf_config_from_videomae(model: VideoMAE) -> VideoMAEConfig:
     )
 
 
+def _single_size(value: int | list[int] | tuple[int, int], name: str) -> int:
+    """A HF size field (an int, or a (height, width) pair) as the one int that VideoMAE takes."""
+    if isinstance(value, (list, tuple)):
+        raise TypeError(f"config.{name}={value!r}: VideoMAE takes a single int (square frames and patches)")
+    return int(value)
+
+
 def videomae_kwargs_from_hf_config(config: VideoMAEConfig) -> dict[str, Any]:
     """``VideoMAE`` constructor arguments equivalent to a ``VideoMAEConfig`` (all but ``optim``).
 
@@ -261,9 +274,9 @@ def videomae_kwargs_from_hf_config(config: VideoMAEConfig) -> dict[str, Any]:
 
     return {
         "num_frames": int(config.num_frames),
-        "img_size": int(config.image_size),
+        "img_size": _single_size(config.image_size, "image_size"),
         "in_chans": int(config.num_channels),
-        "patch_size": int(config.patch_size),
+        "patch_size": _single_size(config.patch_size, "patch_size"),
         "tubelet_size": int(config.tubelet_size),
         "objective": TubeNormalizedMSE.spec(
             channels=int(config.num_channels), norm_pix_loss=bool(config.norm_pix_loss)

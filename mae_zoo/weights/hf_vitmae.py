@@ -51,11 +51,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn as nn
+from timm.layers.attention import Attention
 
+from mae_zoo.nets.vit import TransformerStack
 from mae_zoo.objectives import MaskedMSE
 
 if TYPE_CHECKING:  # pragma: no cover - typing only; transformers is optional
@@ -310,9 +312,22 @@ def imagemae_kwargs_from_hf_config(config: ViTMAEConfig) -> dict[str, Any]:
     }
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _submodule(module: nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
+    """``module.get_submodule(path)``, checked to be a ``kind`` (typed access to a built submodule)."""
+    sub = module.get_submodule(path)
+    if not isinstance(sub, kind):
+        raise TypeError(f"{path} is a {type(sub).__name__}, expected a {kind.__name__}")
+    return sub
+
+
 def _stack_shape(stack: nn.Module, name: str) -> dict[str, Any]:
     """Width, depth, heads, MLP size, qkv bias and eps read off a built ``TransformerStack``."""
-    blocks = list(stack.blocks)  # type: ignore[arg-type]
+    if not isinstance(stack, TransformerStack):
+        raise TypeError(f"{name} is a {type(stack).__name__}, not a TransformerStack")
+    blocks = list(stack.blocks)
     if not blocks:
         raise ValueError(f"{name} has no blocks; HF ViTMAE needs at least one layer")
     first = blocks[0]
@@ -323,18 +338,18 @@ def _stack_shape(stack: nn.Module, name: str) -> dict[str, Any]:
         for path in extras:
             if not isinstance(block.get_submodule(path), nn.Identity):
                 raise ValueError(f"{name}.blocks.{i}.{path} is not Identity; HF ViTMAE has no such layer")
-        act = block.mlp.act
+        act = block.get_submodule("mlp.act")
         if not (isinstance(act, nn.GELU) and act.approximate == "none"):
             raise ValueError(f"{name}.blocks.{i}.mlp.act is {act}; HF config 'gelu' is exact GELU")
     eps = {m.eps for m in stack.modules() if isinstance(m, nn.LayerNorm)}
     if len(eps) != 1:
         raise ValueError(f"{name} mixes LayerNorm eps values {sorted(eps)}")
     return {
-        "dim": first.norm1.normalized_shape[0],
+        "dim": _submodule(first, "norm1", nn.LayerNorm).normalized_shape[0],
         "depth": len(blocks),
-        "heads": first.attn.num_heads,
-        "intermediate": first.mlp.fc1.out_features,
-        "qkv_bias": first.attn.qkv.bias is not None,
+        "heads": _submodule(first, "attn", Attention).num_heads,
+        "intermediate": _submodule(first, "mlp.fc1", nn.Linear).out_features,
+        "qkv_bias": _submodule(first, "attn.qkv", nn.Linear).bias is not None,
         "eps": eps.pop(),
     }
 
@@ -359,7 +374,7 @@ def hf_config_from_imagemae(model: ImageMAE) -> ViTMAEConfig:
             raise ValueError(
                 f"HF ViTMAE shares one {field} across encoder and decoder; got {enc[field]} vs {dec[field]}"
             )
-    proj = model.encoder.patch_embed.proj
+    proj = _submodule(model.encoder, "patch_embed.proj", nn.Conv2d)
     grid_h, grid_w = model.grid
     if grid_h != grid_w:
         raise ValueError(f"HF ViTMAE needs a square grid, got {model.grid}")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from mae_zoo.weights.hf_vitmae import _stack_shape
+from mae_zoo.weights.hf_vitmae import _stack_shape, _submodule
 
 if TYPE_CHECKING:  # pragma: no cover
     from mae_zoo.modalities.image import ImageMAE
@@ -70,7 +70,7 @@ def timm_spec(model: ImageMAE) -> dict[str, Any]:
     args = {
         "img_size": img_size,
         "patch_size": patch,
-        "in_chans": encoder.patch_embed.proj.in_channels,
+        "in_chans": _submodule(encoder, "patch_embed.proj", nn.Conv2d).in_channels,
         "embed_dim": dim,
         "depth": shape["depth"],
         "num_heads": shape["heads"],
@@ -92,7 +92,7 @@ def timm_state_dict(model: ImageMAE) -> dict[str, torch.Tensor]:
 def build_timm(spec: dict[str, Any], device: str | torch.device | None = None) -> nn.Module:
     import timm
 
-    extra = {"device": device} if device is not None else {}
+    extra: dict[str, Any] = {"device": device} if device is not None else {}
     return timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"], **extra)
 
 
