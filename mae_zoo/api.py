@@ -7,7 +7,6 @@ import json
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -15,29 +14,8 @@ import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
+from mae_zoo.core.types import LoadInfo
 from mae_zoo.utils.instantiate import import_object
-
-
-@dataclass
-class LoadInfo:
-    """What :func:`load` read and what it had to decide; attached to the model as ``model.load_info``.
-
-    ``format``: ``mae_zoo`` (a ``.ckpt``), ``official_mae`` (facebookresearch/mae ``.pth``) or
-    ``hf_vitmae`` (a ``save_pretrained`` directory). ``kind``: ``pretrain`` (encoder and
-    decoder), ``encoder`` (official encoder-only file) or ``finetune`` (official fine-tuned
-    file). ``not_in_file``: our state-dict keys the file did not provide, which keep their fresh
-    initialisation (the decoder of an encoder-only or fine-tuned file; ``encoder.norm.*`` of a
-    global-pool fine-tuned file). ``extra``: tensors of the file with no place in the model
-    (``head.*``, ``fc_norm.*`` of a fine-tuned file, official names, on CPU). ``choices``: the
-    hyperparameters that the file does not store and how each was chosen.
-    """
-
-    source: str
-    format: str
-    kind: str = "pretrain"
-    not_in_file: list[str] = field(default_factory=list)
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-    choices: list[str] = field(default_factory=list)
 
 
 def _torch_load(path: Path, map_location: str | torch.device) -> Any:

@@ -83,6 +83,12 @@ def test_knn_smoke_pixels_and_random_init(tiny_ckpt, tmp_path):
     )
     evaluate(compose_eval([*base, cache, "init=random"], tmp_path / "f"))
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    # probing an intermediate block: its own features, its own cache entry
+    first = evaluate(compose_eval([*base, cache, "eval.block=0"], tmp_path / "g"))
+    assert first["eval_knn/block"] == 0 and len(list((tmp_path / "cache").glob("*.pt"))) == 3
+    assert (
+        first["eval_knn/top1"] != pretrained["eval_knn/top1"] or first["eval_knn/top5"] != pretrained["eval_knn/top5"]
+    )
 
 
 def test_finetune_smoke(tiny_ckpt, tmp_path):

@@ -14,6 +14,7 @@ import torch.nn as nn
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.types import Decoded, Encoded, Layout, Masks, Tokens
+from mae_zoo.evaluation.knn import KNNEvaluator
 from mae_zoo.modalities.image import ImageMAE
 from mae_zoo.objectives import MaskedMSE
 from mae_zoo.teachers import Teacher
@@ -186,3 +187,13 @@ def test_checkpoints_from_before_the_objective_group_still_load():
     model = ImageMAE.from_hparams({**hparams, "norm_pix_loss": False})
     assert isinstance(model.objective, MaskedMSE) and model.objective.norm_pix_loss is False
     assert model.hparams["objective"] == MaskedMSE.spec(norm_pix_loss=False)
+
+
+def test_probes_read_intermediate_blocks_through_embed():
+    model = tiny_image(embed_pool="mean")
+    images = torch.randn(2, 3, 16, 16)
+    (last,) = model.forward_intermediates(images, keep=[-1])
+    torch.testing.assert_close(model.embed(images, block=-1), last[:, 1:].mean(1))  # pre-norm, cls row dropped
+    torch.testing.assert_close(model.embed(images), model.encoder.norm(last)[:, 1:].mean(1))
+    with pytest.raises(ConfigError, match="needs eval.features=embed"):
+        KNNEvaluator(features="pixels", block=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hydra.utils
 import numpy as np
@@ -23,14 +23,11 @@ from torch.utils.data import DataLoader
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
-from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, MAEOutput, Masks, Tokens
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, LoadInfo, MAEOutput, Masks, Tokens
 from mae_zoo.data.base import MAEDataModule, trainer_datamodule
 from mae_zoo.masks.base import MaskGenerator
 from mae_zoo.objectives.base import Objective
 from mae_zoo.teachers.base import Teacher
-
-if TYPE_CHECKING:  # api imports this module
-    from mae_zoo.api import LoadInfo
 
 _STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3, "visual": 4}
 
@@ -155,11 +152,13 @@ class MaskedAutoencoder(pl.LightningModule):
                 return self.teacher(batch, tokens)
         return tokens.target
 
-    def embed(self, batch: Any) -> torch.Tensor:
+    def embed(self, batch: Any, block: int | None = None) -> torch.Tensor:
         """Features of the unmasked input, (B, D), for probes and retrieval: the cls row or the mean
-        of the token rows of the encoder output, as ``embed_pool`` says."""
-        encoded = self.encode(self.tokenize(batch), None)
-        return encoded.latent[:, 0] if self.embed_pool == "cls" else encoded.tokens.mean(dim=1)
+        of the token rows, as ``embed_pool`` says, of the encoder output or, with ``block``, of that
+        block's hidden state (negative: from the last; before the final norm)."""
+        encoded = self.encode(self.tokenize(batch), None, keep=() if block is None else (block,))
+        latent = encoded.latent if block is None else encoded.intermediates[0]
+        return latent[:, 0] if self.embed_pool == "cls" else latent[:, encoded.num_prefix :].mean(dim=1)
 
     def embed_tokens(self, batch: Any) -> torch.Tensor:
         """Per-token features of the unmasked input, (B, L, D), prefix rows excluded (token-level probes)."""

@@ -67,11 +67,13 @@ def extract_features(
     device: torch.device | str = "cpu",
     precision: str = "32-true",
     features: str = "embed",
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 features and (N,) labels over a loader of (input, label) batches.
 
-    ``features="embed"``: ``model.embed`` (the frozen encoder); ``"pixels"``: the flattened model input
-    as the datamodule gives it (normalised), the baseline that needs no encoder at all.
+    ``features="embed"``: ``model.embed`` (the frozen encoder; ``block``: pooled from that encoder
+    block's hidden state instead of the output); ``"pixels"``: the flattened model input as the
+    datamodule gives it (normalised), the baseline that needs no encoder at all.
     """
     if features not in FEATURES:
         raise ConfigError(f"features must be one of {list(FEATURES)}, got '{features}'")
@@ -83,7 +85,7 @@ def extract_features(
             feats.append(MaskedAutoencoder.batch_inputs(batch).flatten(1).float().cpu())
         else:
             with autocast(precision, device):
-                feats.append(model.embed(batch).float().cpu())
+                feats.append(model.embed(batch, block).float().cpu())
         batch_labels = MaskedAutoencoder.batch_labels(batch)
         if batch_labels is None:
             raise ConfigError("evaluation needs labelled batches ((input, label) tuples or dicts with 'label')")
@@ -101,6 +103,7 @@ def split_features(
     features: str = "embed",
     batch_size: int | None = None,
     cache_dir: str | None = None,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Train and val (features, labels) from ``datamodule.feature_dataloaders``.
 
@@ -116,7 +119,7 @@ def split_features(
             for name, tensor in sorted(model.state_dict().items()):
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-            digest.update(f"{type(model).__qualname__}|{model.embed_pool}|{precision}".encode())
+            digest.update(f"{type(model).__qualname__}|{model.embed_pool}|{precision}|{block}".encode())
         hparams = dict(datamodule.hparams)
         hparams.pop("num_workers", None), hparams.pop("batch_size", None), hparams.pop("pin_memory", None)
         digest.update(
@@ -126,8 +129,8 @@ def split_features(
         if path.is_file():
             cached = torch.load(path, weights_only=True)
             return cached["train_x"], cached["train_y"], cached["val_x"], cached["val_y"]
-    train_x, train_y = extract_features(model, train_loader, device, precision, features)
-    val_x, val_y = extract_features(model, val_loader, device, precision, features)
+    train_x, train_y = extract_features(model, train_loader, device, precision, features, block)
+    val_x, val_y = extract_features(model, val_loader, device, precision, features, block)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -151,17 +154,28 @@ class FrozenFeatures:
 
 def frozen_features(evaluator: Any, model: MaskedAutoencoder, datamodule: EvalData) -> FrozenFeatures:
     """Device, precision, pooling, (cached) train/val features and class count from an evaluator's
-    ``device, precision, pool, features, feature_batch_size, feature_cache, num_classes`` settings."""
+    ``device, precision, pool, features, block, feature_batch_size, feature_cache, num_classes`` settings."""
     device, precision = resolve_runtime(evaluator.device, evaluator.precision)
     set_pool(model, evaluator.pool)
     train_x, train_y, val_x, val_y = split_features(
-        model, datamodule, device, precision, evaluator.features, evaluator.feature_batch_size, evaluator.feature_cache
+        model,
+        datamodule,
+        device,
+        precision,
+        evaluator.features,
+        evaluator.feature_batch_size,
+        evaluator.feature_cache,
+        evaluator.block,
     )
     num_classes = evaluator.class_count(datamodule, torch.cat([train_y, val_y]))
     return FrozenFeatures(torch.device(device), precision, train_x, train_y, val_x, val_y, num_classes)
 
 
-def check_features(features: str, pool: str | None) -> None:
+def check_features(features: str, pool: str | None, block: int | None = None) -> None:
+    if block is not None and features != "embed":
+        raise ConfigError(
+            f"eval.block={block} picks an encoder block, so it needs eval.features=embed, got '{features}'"
+        )
     if features not in FEATURES:
         raise ConfigError(f"eval.features must be one of {list(FEATURES)}, got '{features}'")
     if pool not in (None, "cls", "mean"):

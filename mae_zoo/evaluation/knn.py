@@ -131,13 +131,15 @@ class KNNEvaluator(Evaluator):
         temperature: float = 0.07,
         features: str = "embed",
         pool: str | None = None,
+        block: int | None = None,
         feature_batch_size: int | None = None,
         feature_cache: str | None = None,
         device: str = "auto",
         precision: str = "auto",
         num_classes: int | None = None,
     ) -> None:
-        check_features(features, pool)
+        check_features(features, pool, block)
+        self.block = block
         self.k, self.temperature = k, temperature
         self.features, self.pool, self.feature_batch_size = features, pool, feature_batch_size
         self.feature_cache = feature_cache
@@ -162,6 +164,7 @@ class KNNEvaluator(Evaluator):
                 "eval_knn/temperature": self.temperature,
                 "eval_knn/features": self.features,
                 "eval_knn/pool": model.embed_pool if self.features == "embed" else None,
+                "eval_knn/block": self.block,
                 "eval_knn/feature_dim": int(train_x.shape[1]),
                 "eval_knn/num_train": int(train_x.shape[0]),
                 "eval_knn/num_val": int(val_x.shape[0]),

@@ -205,6 +205,7 @@ class LinearProbe(Evaluator):
         self,
         features: str = "embed",
         pool: str | None = None,
+        block: int | None = None,
         optimizer: str = "lars",
         epochs: int = 90,
         warmup_epochs: float = 10,
@@ -225,7 +226,8 @@ class LinearProbe(Evaluator):
             raise ConfigError(f"eval.optimizer must be one of {list(OPTIMIZERS)}, got '{optimizer}'")
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"eval.epochs and eval.batch_size must be positive, got {epochs} and {batch_size}")
-        check_features(features, pool)
+        check_features(features, pool, block)
+        self.block = block
         self.features, self.pool, self.optimizer = features, pool, optimizer
         self.epochs, self.warmup_epochs, self.batch_size = epochs, warmup_epochs, batch_size
         self.blr, self.lr, self.weight_decay, self.momentum, self.min_lr = blr, lr, weight_decay, momentum, min_lr
@@ -260,6 +262,7 @@ class LinearProbe(Evaluator):
                 "eval_linear/features": self.features,
                 "eval_linear/optimizer": self.optimizer,
                 "eval_linear/pool": model.embed_pool if self.features == "embed" else None,
+                "eval_linear/block": self.block,
                 "eval_linear/epochs": self.epochs,
                 "eval_linear/batch_size": min(self.batch_size, len(train_y)),
                 "eval_linear/feature_dim": int(train_x.shape[1]),

@@ -138,12 +138,14 @@ class GraphMAE(MaskedAutoencoder):
         pred, hidden = self.decoder.forward_layers(rep, tokens.layout.extra["edge_index"], keep)
         return Decoded(pred.unsqueeze(0), hidden)
 
-    def embed_nodes(self, batch: Any) -> torch.Tensor:
-        """Encoder output on the clean graph, (N, hidden): the official ``embed``."""
-        return self.encode(self.tokenize(batch), None).latent
+    def embed_nodes(self, batch: Any, block: int | None = None) -> torch.Tensor:
+        """Encoder output on the clean graph, (N, hidden): the official ``embed``; with ``block``,
+        that GNN layer's output instead."""
+        encoded = self.encode(self.tokenize(batch), None, keep=() if block is None else (block,))
+        return encoded.latent if block is None else encoded.intermediates[0]
 
-    def embed(self, batch: Any) -> torch.Tensor:
-        nodes = self.embed_nodes(batch)
+    def embed(self, batch: Any, block: int | None = None) -> torch.Tensor:
+        nodes = self.embed_nodes(batch, block)
         if self.pooling is None:
             return nodes
         index = batch.batch  # None for a single graph
