@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
@@ -15,14 +14,8 @@ import torch
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.core.types import LoadInfo
+from mae_zoo.utils.checks import safe_load
 from mae_zoo.utils.instantiate import import_object
-
-
-def _torch_load(path: Path, map_location: str | torch.device) -> Any:
-    # weights_only=True throughout. The official training scripts also store their argparse
-    # ``args``; Namespace is a plain attribute bag, so it is the one class allowed in addition.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -65,7 +58,7 @@ def load(
     if path.is_dir():
         model, info = _load_hf_dir(path, num_heads, decoder_num_heads, norm_pix_loss)
     elif path.is_file():
-        checkpoint = _torch_load(path, map_location)
+        checkpoint = safe_load(path, map_location)
         if not isinstance(checkpoint, Mapping):
             raise ValueError(f"{path} is not an mae_zoo checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
         if "mae_zoo" in checkpoint:

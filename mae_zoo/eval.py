@@ -29,6 +29,7 @@ from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.data.base import MAEDataModule
 from mae_zoo.evaluation.base import EvalData, Evaluator, LimitedDataModule
+from mae_zoo.utils.checks import check_values, safe_load
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import CONF_DIR, config_errors_surface, import_object, instantiate_checked
 from mae_zoo.utils.runtime import write_metrics, write_run_records
@@ -44,10 +45,7 @@ def load_for_eval(ckpt: str, init: str = "pretrained") -> tuple[MaskedAutoencode
         raise ConfigError(f"ckpt={ckpt} is not a file; pass the path of an mae_zoo checkpoint")
     if init not in ("pretrained", "random"):
         raise ConfigError(f"init must be 'pretrained' or 'random', got '{init}'")
-    try:
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or pickled objects
-        raise ConfigError(f"ckpt={ckpt} could not be loaded as an mae_zoo checkpoint: {type(err).__name__}") from None
+    checkpoint = safe_load(ckpt)
     meta = checkpoint.get("mae_zoo") if isinstance(checkpoint, dict) else None
     if meta is None:
         raise ConfigError(f"ckpt={ckpt} is not an mae_zoo checkpoint (no 'mae_zoo' entry)")
@@ -101,6 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("ckpt is required: python -m mae_zoo.eval ckpt=PATH eval=" + "|".join(eval_options()))
     if cfg.get("eval") is None or "_target_" not in cfg.eval:
         raise ConfigError(f"pick an evaluator with eval=<name>; valid: {eval_options()}")
+    check_values(cfg)
     run_dir = Path(cfg.paths.run_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))

@@ -16,10 +16,13 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mae_zoo.callbacks.last_checkpoint import LastCheckpoint
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule
 from mae_zoo.results import record_result
+from mae_zoo.utils.checks import check_resume, check_values, safe_load
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
 from mae_zoo.utils.loggers import WandbResolvedConfig, finish_wandb, log_final_metrics
@@ -38,6 +41,9 @@ def _hydra_launch_info() -> tuple[bool, str | None]:
         return False, None
     hc = HydraConfig.get()
     return hc.mode == RunMode.MULTIRUN, hc.runtime.choices.get("hydra/launcher")
+
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM: the shell's and the schedulers' convention for "terminated"
 
 
 class _FitProgress(pl.Callback):
@@ -71,7 +77,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
-        callbacks=[*callbacks, _FitProgress(), WandbResolvedConfig(cfg)],
+        callbacks=[*callbacks, _FitProgress(), LastCheckpoint(), WandbResolvedConfig(cfg)],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.paths.run_dir,
@@ -79,9 +85,20 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     return module, datamodule, trainer
 
 
+class Stopped(Exception):
+    """Training stopped on SIGTERM after saving ``last.ckpt`` at ``step``."""
+
+    def __init__(self, step: int, run_dir: Path) -> None:
+        super().__init__(
+            f"stopped by SIGTERM at step {step}; saved {run_dir / 'checkpoints' / 'last.ckpt'}. "
+            f"To continue, rerun the same command with hydra.run.dir={run_dir} (resume=auto)"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pre-train as configured; return the final metrics (also written to ``<run>/metrics.json``)."""
     start = time.time()
+    check_values(cfg)
     run_dir = Path(cfg.paths.run_dir)
     multirun, launcher = _hydra_launch_info()
     check_launch(cfg, multirun, launcher)
@@ -98,9 +115,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             with config_errors_surface():  # a protocol that does not fit the data fails now, not after training
                 final_eval.check(module, datamodule)
         ckpt_path = find_resume_checkpoint(cfg.get("resume", "auto"), run_dir)
-        if ckpt_path and trainer.is_global_zero:
-            print(f"resuming from {ckpt_path}")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if ckpt_path:
+            check_resume(safe_load(ckpt_path), module, ckpt_path)
+            if trainer.is_global_zero:
+                print(f"resuming from {ckpt_path}")
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:
+            raise Stopped(trainer.global_step, run_dir) from None
         metrics: dict[str, Any] = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         metrics["trainer/global_step"] = int(metrics.get("trainer/global_step", trainer.global_step))
         metrics["trainer/epoch"] = int(metrics.get("trainer/epoch", trainer.current_epoch))
@@ -126,6 +148,10 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as err:
         print(f"mae_zoo: configuration error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as stop:
+        print(f"mae_zoo: {stop}", file=sys.stderr)
+        print(Path(cfg.paths.run_dir).resolve())
+        sys.exit(SIGTERM_EXIT)
     if cfg.get("optimized_metric"):
         value = metrics.get(cfg.optimized_metric)
     else:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.utils.checks import safe_load
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive", "sh", "zsh")
@@ -128,9 +129,28 @@ def check_launch(cfg: DictConfig, multirun: bool, launcher: str | None) -> None:
         )
 
 
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints a run folder already holds (its own last/epoch ones and Lightning's SLURM ones)."""
+    return sorted([*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")])
+
+
 def find_resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
     """``auto``: Lightning's SLURM checkpoint (highest hpc_ckpt_N), else checkpoints/last.ckpt, else None.
-    ``none`` (or null): fresh start. Any other value is an explicit checkpoint path."""
+    ``none`` (or null): fresh start. Any other value is an explicit checkpoint path.
+
+    A fresh start or another run's checkpoint in a folder that already holds checkpoints would mix two
+    runs (a ``last-v1.ckpt`` beside the old ``last.ckpt``, CSV rows appended to the old run's): refused."""
+    existing = run_checkpoints(run_dir)
+    if resume != "auto" and existing:
+        own = resume not in (None, "none", "never", False) and Path(str(resume)).resolve() in [
+            p.resolve() for p in existing
+        ]
+        if not own:
+            raise ConfigError(
+                f"the run folder {run_dir} already holds {', '.join(p.name for p in existing[:3])} of an earlier run; "
+                f"resume={resume} "
+                "would mix two runs in it: use resume=auto to continue that run, or a new hydra.run.dir"
+            )
     if resume in (None, "none", "never", False):
         return None
     if resume != "auto":
@@ -145,7 +165,14 @@ def find_resume_checkpoint(resume: str | None, run_dir: Path) -> str | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to a temporary file and rename, so a kill mid-save never leaves a truncated checkpoint."""
+    """Write to a temporary file and rename, so a kill mid-save never leaves a truncated checkpoint;
+    read with ``weights_only=True`` whatever the environment says (:func:`mae_zoo.utils.checks.safe_load`)."""
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = safe_load(path, map_location if map_location is not None else "cpu")
+        if not isinstance(checkpoint, dict):
+            raise ConfigError(f"{path} is not a training checkpoint (it holds a {type(checkpoint).__name__})")
+        return checkpoint
 
     def save_checkpoint(self, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
         path = Path(path)
