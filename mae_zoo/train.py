@@ -25,7 +25,7 @@ from mae_zoo.results import record_result
 from mae_zoo.utils.checks import check_resume, check_values, safe_load
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
-from mae_zoo.utils.loggers import WandbResolvedConfig, finish_wandb, log_final_metrics
+from mae_zoo.utils.loggers import ResumableCSVLogger, WandbResolvedConfig, finish_wandb, log_final_metrics
 from mae_zoo.utils.runtime import (
     AtomicCheckpointIO,
     check_launch,
@@ -55,6 +55,10 @@ class _FitProgress(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.start_step = trainer.global_step  # after the checkpoint (if any) was restored
+        if self.start_step > 0:  # steps after the checkpoint run again: their old CSV rows go
+            for logger in trainer.loggers:
+                if isinstance(logger, ResumableCSVLogger):
+                    logger.drop_rows_from(self.start_step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         trainer.callback_metrics["trainer/start_step"] = torch.tensor(float(self.start_step))

@@ -97,8 +97,11 @@ def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["trainer/global_step"] == 200  # continued, did not restart from 0 or overshoot
     with open(run / "csv" / "metrics.csv", newline="") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    steps = [int(row["step"]) for row in rows]
     assert min(steps) < reached and max(steps) >= 190  # history from before the kill is kept
+    train_steps = [int(row["step"]) for row in rows if row.get("train/loss")]
+    assert len(train_steps) == len(set(train_steps))  # steps run again after the resume are not listed twice
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.utilities import rank_zero_only
 
 
 def _sweep_info() -> tuple[str | None, str | None, list[str]]:
@@ -138,8 +139,28 @@ class _AppendingWriter(ExperimentWriter):
 
 class ResumableCSVLogger(CSVLogger):
     """CSVLogger whose history survives a resume in the same run folder: a killed and restarted
-    run keeps the rows it logged before the kill (steps between the last checkpoint and the kill
-    appear twice, once from each process)."""
+    run keeps the rows it logged before the kill; the rows of steps it runs again are dropped
+    (:meth:`drop_rows_from`), so no step appears twice."""
+
+    @rank_zero_only
+    def drop_rows_from(self, step: int) -> None:
+        """Remove the rows logged at ``step`` or later by an earlier process: a run resumed at ``step``
+        logs them again."""
+        path = os.path.join(self.log_dir, ExperimentWriter.NAME_METRICS_FILE)
+        if not os.path.isfile(path):
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "step" not in rows[0]:
+            return
+        column = rows[0].index("step")
+        kept = [rows[0]] + [r for r in rows[1:] if r[column] == "" or int(float(r[column])) < step]
+        if len(kept) == len(rows):
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+        os.replace(tmp, path)
 
     @property
     @rank_zero_experiment
