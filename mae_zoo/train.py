@@ -18,7 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from mae_zoo.callbacks.data_check import DataCheck
 from mae_zoo.callbacks.last_checkpoint import LastCheckpoint
+from mae_zoo.callbacks.rng_state import RNGState
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule
 from mae_zoo.results import record_result
@@ -81,7 +83,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
-        callbacks=[*callbacks, _FitProgress(), LastCheckpoint(), WandbResolvedConfig(cfg)],
+        callbacks=[*callbacks, _FitProgress(), LastCheckpoint(), RNGState(), DataCheck(), WandbResolvedConfig(cfg)],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.paths.run_dir,
@@ -132,7 +134,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["trainer/epoch"] = int(metrics.get("trainer/epoch", trainer.current_epoch))
         metrics.update({"trainer/precision": str(trainer.precision), "time/fit_wall_s": round(time.time() - start, 2)})
         if isinstance(datamodule, MAEDataModule):
-            metrics["data/skipped_files"] = datamodule.num_skipped
+            skipped = datamodule.skipped_paths()
+            metrics["data/skipped_files"] = len(skipped)
+            if skipped and trainer.is_global_zero:
+                (run_dir / "skipped_files.txt").write_text("".join(f"{path}\n" for path in skipped))
         if final_eval is not None and trainer.is_global_zero:
             metrics.update(final_eval(module, datamodule, run_dir))
         if trainer.is_global_zero:

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
+from torch_geometric.loader.dataloader import Collater
 from torch_geometric.utils import add_self_loops, degree, remove_self_loops, stochastic_blockmodel_graph, to_undirected
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.data.base import MAEDataModule
+from mae_zoo.data.base import MAEDataModule, ResumableLoader, loader_generator
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +115,26 @@ class GraphDataModule(MAEDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.graphs()
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
-            self.graphs(),
+    def graph_loader(self, train: bool) -> ResumableLoader:
+        """The batches torch-geometric's ``DataLoader`` gives (its ``Collater``), from a loader whose
+        position Lightning checkpoints and whose shuffling draws from its own generator."""
+        graphs = self.graphs()
+        workers = self.num_workers if train else 0
+        return ResumableLoader(
+            graphs,
             batch_size=self.batch_size,
-            shuffle=self.task == "graph",
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            shuffle=train and self.task == "graph",
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=Collater(graphs),
+            generator=loader_generator(int(train)),
         )
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.graphs(), batch_size=self.batch_size, shuffle=False, num_workers=0)
+    def train_dataloader(self) -> ResumableLoader:
+        return self.resume_train_loader(self.graph_loader(train=True))
+
+    def val_dataloader(self) -> ResumableLoader:
+        return self.graph_loader(train=False)
 
     def eval_dataloader(self, batch_size: int | None = None) -> DataLoader:
         """All graphs in a fixed order, for embedding extraction."""

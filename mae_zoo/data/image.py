@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
 import torch
@@ -14,7 +13,7 @@ from torchvision import datasets as tvd
 from torchvision.transforms import InterpolationMode, v2
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.data.base import MAEDataModule, count_skipped
+from mae_zoo.data.base import MAEDataModule, SkippedFiles, count_skipped
 from mae_zoo.data.shapes import make_shapes
 
 log = logging.getLogger(__name__)
@@ -43,9 +42,9 @@ class TensorImages(Dataset):
 
 
 class SkippingImageFolder(tvd.ImageFolder):
-    """ImageFolder that returns None for an unreadable file (dropped by the collate) and counts it."""
+    """ImageFolder that returns None for an unreadable file (dropped by the collate) and records it."""
 
-    def __init__(self, root: str, transform: Callable, skipped: Synchronized | None) -> None:
+    def __init__(self, root: str, transform: Callable, skipped: SkippedFiles | None) -> None:
         super().__init__(root, transform=transform)
         self.skipped = skipped
 
@@ -53,15 +52,18 @@ class SkippingImageFolder(tvd.ImageFolder):
         try:
             return super().__getitem__(i)
         except Exception as err:  # corrupt or truncated file: skip it, never fail the run
-            count_skipped(self.skipped)
+            count_skipped(self.skipped, self.samples[i][0])
             log.warning("skipping unreadable image %s: %s", self.samples[i][0], err)
             return None
 
 
 def collate_skipping_none(items: Sequence[Any]) -> Any:
+    """Batch the readable samples; None when none was (the steps skip a None batch, and an epoch that
+    gives nothing else fails in :meth:`MAEDataModule.check_epoch`)."""
     kept = [x for x in items if x is not None]
     if not kept:
-        raise RuntimeError("every sample of a batch was unreadable")
+        log.warning("every image of a batch was unreadable; the batch is skipped")
+        return None
     return default_collate(kept)
 
 
@@ -175,6 +177,11 @@ class ImageDataModule(MAEDataModule):
         if self.train_set is None:
             self.train_set = self.build(True, self.train_transform())
             self.val_set = self.build(False, self.eval_transform())
+
+    def data_source(self) -> str:
+        if self.dataset == "shapes":
+            return "data.dataset=shapes"
+        return f"data.dataset={self.dataset}, data.root={self.root}"
 
     def unaugmented_train_set(self) -> Dataset:
         """The training images with the evaluation transform: every image seen once, as it is."""

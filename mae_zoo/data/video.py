@@ -6,7 +6,8 @@ the official pre-training augmentation (multi-scale crop + resize, no flip); eva
 centred clip, resized and centre-cropped. ``num_sample`` > 1 is VideoMAE V2's repeated sampling:
 one decoded video gives several independently cropped clips (the model draws a fresh mask for each),
 so the decoder stays busy while the loader decodes fewer files. Unreadable or truncated files are
-skipped, logged and counted (``num_skipped``, and ``data/skipped_files`` in metrics.json).
+skipped, logged and counted once per distinct file (``num_skipped``, ``skipped_paths()``, and
+``data/skipped_files`` in metrics.json); a split in which no file is readable fails the run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import csv
 import logging
 import os
 from collections.abc import Sequence
-from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.data.base import MAEDataModule, count_skipped
+from mae_zoo.data.base import MAEDataModule, SkippedFiles, count_skipped
 from mae_zoo.data.moving_shapes import DIRECTIONS, make_moving_shapes
 from mae_zoo.data.video_io import UnreadableVideo, clip_indices, decode_frames, probe
 
@@ -94,9 +94,10 @@ def _worker_rng(seed: int, index: int) -> np.random.Generator:
     """A per-sample generator for crops and clip starts that differs per draw, so an item gets a new
     augmentation every epoch, and repeats with the run's seed.
 
-    The draw comes from torch's RNG of the process: in a worker it was seeded with the worker seed
-    and advances with every sample. The worker seed alone would not do: persistent workers keep it
-    for their whole life, so every epoch would repeat the same crops.
+    The draw comes from torch's RNG: in a worker it was seeded with the worker seed and advances with
+    every sample (in training loaders it is the dataset's own, :class:`mae_zoo.data.base.ResumableDataset`,
+    so that it also continues after a resume). The worker seed alone would not do: persistent workers
+    keep it for their whole life, so every epoch would repeat the same crops.
     """
     base = int(torch.randint(0, 2**62, (1,)))
     return np.random.default_rng([base, int(seed), int(index)])
@@ -129,7 +130,7 @@ class VideoFiles(Dataset):
         sampling_rate: int,
         short_side: int | None,
         num_sample: int,
-        skipped: Synchronized | None,
+        skipped: SkippedFiles | None,
     ) -> None:
         self.samples, self.transform = samples, transform
         self.num_frames, self.sampling_rate, self.short_side = num_frames, sampling_rate, short_side
@@ -152,7 +153,7 @@ class VideoFiles(Dataset):
             )
             frames = decode_frames(path, indices, info.output_size(self.short_side))
         except UnreadableVideo as err:  # corrupt or truncated: skip it, never fail the run
-            count_skipped(self.skipped)
+            count_skipped(self.skipped, path)
             log.warning("skipping unreadable video: %s", err)
             return None
         # Repeated sampling: the frames are decoded once, each copy gets its own crop.
@@ -320,6 +321,13 @@ class VideoDataModule(MAEDataModule):
                 self._samples = self.file_samples()
             self.train_set = self.build(True, augment=True, num_sample=self.num_sample)
             self.val_set = self.build(False, augment=False)
+
+    def data_source(self) -> str:
+        if self.dataset == "list":
+            return f"data.train_list={self.train_list}, data.val_list={self.val_list}, data.root={self.root}"
+        if self.dataset == "folder":
+            return f"data.dataset=folder, data.root={self.root}"
+        return "data.dataset=moving_shapes"
 
     def unaugmented_train_set(self) -> Dataset:
         """The training videos as centred, unaugmented clips."""
