@@ -60,16 +60,17 @@ def with_callbacks(build: Callable, kill_at: int | None = None) -> Callable:
     return patched
 
 
-def start_killed_run(overrides: list[str], run: Path, kill_at: int) -> subprocess.Popen:
+def start_killed_run(overrides: list[str], run: Path, kill_at: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "disabled", KILL_AT: str(kill_at), THREADS: str(torch.get_num_threads())}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.test_resume_exact", *overrides, f"hydra.run.dir={run}"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    # Output to a file, not a pipe: the killed run's loader workers keep a pipe open until they notice.
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.test_resume_exact", *overrides, f"hydra.run.dir={run}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def train_here(overrides: list[str], run: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
@@ -94,13 +95,14 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def kill_resume_and_compare(overrides: list[str], kill_at: int, tmp_path: Path, monkeypatch) -> dict:
     """Uninterrupted run and killed run side by side, then the resume; returns the resumed checkpoint."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = start_killed_run(overrides, killed, kill_at)  # starts while the uninterrupted run trains here
+    log = tmp_path / "killed.log"
+    proc = start_killed_run(overrides, killed, kill_at, log)  # starts while the uninterrupted run trains here
     try:
         train_here(overrides, straight, monkeypatch)
-        out, _ = proc.communicate(timeout=240)
+        proc.wait(timeout=240)
     finally:
         proc.kill()
-    assert proc.returncode == -signal.SIGKILL, f"the run was not killed (exit {proc.returncode}):\n{out[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL, f"not killed (exit {proc.returncode}):\n{log.read_text()[-3000:]}"
     last = killed / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)  # RNG and loader states keep the checkpoint safe to load
     assert 0 < saved["global_step"] < kill_at
@@ -142,6 +144,9 @@ def test_loader_position_and_augmentation_resume_exactly(workers: int) -> None:
         after = read(resumed, ([6 - done] if done < 6 else []) + [6] * (2 - epoch))
         assert len(before + after) == len(straight)
         assert all(torch.equal(a, b) for a, b in zip(before + after, straight)), (epoch, done)
+    # A datamodule keeps the frames that built it (Lightning's save_hyperparameters) until a garbage
+    # collection, and with them this one's loaders: stopped then, their workers take 5 s to time out.
+    del first, resumed
 
 
 def test_a_resume_with_another_worker_count_restarts_the_epoch_with_a_warning(caplog) -> None:
@@ -155,6 +160,7 @@ def test_a_resume_with_another_worker_count_restarts_the_epoch_with_a_warning(ca
     resumed = loader(1)
     resumed.load_state_dict(first.state_dict())  # torchdata alone fails on an assert here
     assert len(read(resumed, [4])) == 4 and "had 0 workers, this run's has 1" in caplog.text
+    del first, resumed  # see below
 
 
 def test_graph_loader_gives_torch_geometric_batches() -> None:

@@ -176,8 +176,8 @@ def test_experiment_presets_build(experiment, tmp_path):
     "overrides,message",
     [
         (["mask=tube"], "Masks that fit this modality: ['block', 'colored_noise', 'random']"),
-        (["mask.ratio=1.0"], "mask.ratio must be in the open interval (0, 1)"),
-        (["mask=colored_noise", "mask.ratio=0"], "mask.ratio must be in the open interval (0, 1)"),
+        (["mask.ratio=1.0"], "(valid: a number in the open interval (0, 1))"),
+        (["mask=colored_noise", "mask.ratio=0"], "(valid: a number in the open interval (0, 1))"),
         (["model.patch_size=5"], "model.patch_size=5 does not divide the image size 32"),
         (["data=mnist", "data.root=null"], "data.root is required for data.dataset=mnist"),
         (["data=image_folder", "data.root=/does/not/exist"], "does not exist"),

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Sized
@@ -43,11 +44,12 @@ class SkippedFiles:
     Loader workers (forked or spawned) and their parent share nothing but a folder: each process
     appends the paths it skips to a file of its own there (no lock needed, nothing but a path to
     pickle), and :meth:`paths` reads the union, so a file met in several epochs, splits or workers
-    counts once. The folder is removed when the object that made it is collected, or at exit.
+    counts once. The folder is made at the first skip (a run that skips nothing, or is killed, leaves
+    none behind) and removed when the object that named it is collected, or at exit.
     """
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="mae_zoo_skipped_")
+        self.folder = os.path.join(tempfile.gettempdir(), f"mae_zoo_skipped_{uuid.uuid4().hex}")
         self.seen: set[str] = set()  # per process: write each path once
         weakref.finalize(self, _remove_folder, self.folder, os.getpid())
 
@@ -55,6 +57,7 @@ class SkippedFiles:
         if path in self.seen:
             return
         self.seen.add(path)
+        os.makedirs(self.folder, exist_ok=True)
         with open(os.path.join(self.folder, f"{os.getpid()}.txt"), "a", encoding="utf-8") as handle:
             handle.write(path + "\n")
 

@@ -80,6 +80,8 @@ def extract_features(
     model = model.to(device).eval()
     feats, labels = [], []
     for batch in loader:
+        if batch is None:  # every file of the batch was unreadable (counted by the datamodule)
+            continue
         batch = to_device(batch, device)
         if features == "pixels":
             feats.append(MaskedAutoencoder.batch_inputs(batch).flatten(1).float().cpu())

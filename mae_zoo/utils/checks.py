@@ -67,7 +67,11 @@ RULES = (
     Rule("optim.min_lr", "a number >= 0", lambda v: _number(v) and v >= 0),
     Rule("mask.ratio", "a number in the open interval (0, 1)", lambda v: _number(v) and 0 < v < 1),
     Rule("trainer.precision", f"one of {list(PRECISIONS)}", lambda v: v in PRECISIONS),
-    Rule("trainer.max_epochs", "an integer >= 1, or -1 for no limit", lambda v: _integer(v) and (v >= 1 or v == -1)),
+    Rule(
+        "trainer.max_epochs",
+        "null (Lightning's default), -1 (no limit) or an integer >= 1",
+        lambda v: v is None or (_integer(v) and (v >= 1 or v == -1)),
+    ),
     Rule("trainer.accumulate_grad_batches", "an integer >= 1", lambda v: _integer(v) and v >= 1),
 )
 
