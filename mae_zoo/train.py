@@ -122,7 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 final_eval.check(module, datamodule)
         ckpt_path = find_resume_checkpoint(cfg.get("resume", "auto"), run_dir)
         if ckpt_path:
-            check_resume(safe_load(ckpt_path), module, ckpt_path)
+            check_resume(safe_load(ckpt_path, mmap=True), module, ckpt_path)  # shapes only: Lightning reads it
             if trainer.is_global_zero:
                 print(f"resuming from {ckpt_path}")
         try:

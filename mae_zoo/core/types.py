@@ -52,6 +52,16 @@ POSITIONS = ("hidden", "visible", "all")
 Keep = Sequence[int]  # block indices whose hidden states a network hands out (negative: from the last)
 
 
+def keep_indices(keep: Keep, depth: int, what: str) -> set[int]:
+    """The block numbers ``keep`` names in a network of ``depth`` blocks (``what`` names it in the error)."""
+    out = set()
+    for i in keep:
+        if not -depth <= int(i) < depth:
+            raise ValueError(f"block index {i} is out of range for {what}")
+        out.add(int(i) % depth)
+    return out
+
+
 @dataclass
 class Masks:
     """The three position sets of one step, each (B, L) bool.

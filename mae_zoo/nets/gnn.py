@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch_geometric.nn import GATConv, GINConv
 
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.core.types import keep_indices
 
 ACTIVATIONS = ("prelu", "relu", "elu", "gelu", "identity")
 NORMS = (None, "batchnorm", "layernorm")
@@ -220,10 +221,7 @@ class GNN(nn.Module):
         self, x: torch.Tensor, edge_index: torch.Tensor, keep: Sequence[int] = ()
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The output and the outputs of the layers in ``keep`` (negative: from the last)."""
-        depth = len(self.layers)
-        if any(not -depth <= int(i) < depth for i in keep):
-            raise ValueError(f"layer indices {list(keep)} are out of range for a GNN of {depth} layers")
-        wanted = {int(i) % depth for i in keep}
+        wanted = keep_indices(keep, len(self.layers), f"a GNN of {len(self.layers)} layers")
         hidden = []
         for i, layer in enumerate(self.layers):
             x = layer(x, edge_index)

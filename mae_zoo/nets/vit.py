@@ -18,7 +18,7 @@ from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
 from torch import Tensor
 
-from mae_zoo.core.types import Decoded, Encoded, Visible
+from mae_zoo.core.types import Decoded, Encoded, Visible, keep_indices
 
 
 def layer_norm(eps: float = 1e-6) -> type[nn.LayerNorm]:
@@ -87,23 +87,13 @@ class TransformerStack(nn.Module):
         )
         self.norm: nn.Module = nn.LayerNorm(dim, eps=norm_eps)  # fine-tuning may swap it for Identity
 
-    def block_indices(self, keep: Sequence[int]) -> set[int]:
-        """Block numbers from ``keep`` (negative counts from the last block), checked against the depth."""
-        depth = len(self.blocks)
-        out = set()
-        for i in keep:
-            if not -depth <= int(i) < depth:
-                raise ValueError(f"block index {i} is out of range for a stack of {depth} blocks")
-            out.add(int(i) % depth)
-        return out
-
     def forward_blocks(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, keep: Sequence[int] = ()
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Run the blocks and the final norm; also return the output of each block in ``keep``
         (before the final norm, in block order): the one way encoders and decoders hand out
         intermediate features (timm's ``forward_intermediates``)."""
-        wanted = self.block_indices(keep) if keep else set()
+        wanted = keep_indices(keep, len(self.blocks), f"a stack of {len(self.blocks)} blocks")
         hidden = []
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask=attn_mask)

@@ -89,16 +89,17 @@ def check_values(cfg: DictConfig, rules: tuple[Rule, ...] = RULES) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code, also
     under ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` (an explicit argument wins over it). The official MAE
-    scripts also store their argparse ``args``; Namespace is a plain attribute bag, so it is allowed."""
+    scripts also store their argparse ``args``; Namespace is a plain attribute bag, so it is allowed.
+    ``mmap``: map the tensors instead of reading them (a check that needs only keys and shapes)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} is not a file")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # not a torch file, truncated, or holding objects that would run code
         raise ConfigError(f"{path} cannot be loaded as a checkpoint: {_why(err)}") from None
 
