@@ -85,8 +85,13 @@ def load(
 
 
 def _load_mae_zoo(checkpoint: Mapping[str, Any], strict: bool) -> MaskedAutoencoder:
-    model = import_object(checkpoint["mae_zoo"]["class"]).from_hparams(checkpoint["hyper_parameters"])
-    model.load_state_dict(checkpoint["state_dict"], strict=strict)
+    """The model alone: a distilled student comes back without its teacher and distillation heads
+    (what evaluation, export and a teacher=checkpoint need)."""
+    from mae_zoo.teachers.model import student_weights
+
+    hparams = {**checkpoint["hyper_parameters"], "teacher": None, "distill": None}
+    model = import_object(checkpoint["mae_zoo"]["class"]).from_hparams(hparams)
+    model.load_state_dict(student_weights(checkpoint["state_dict"]), strict=strict)
     return model
 
 

@@ -22,6 +22,7 @@ from mae_zoo.callbacks.data_check import DataCheck
 from mae_zoo.callbacks.last_checkpoint import LastCheckpoint
 from mae_zoo.callbacks.rng_state import RNGState
 from mae_zoo.core.errors import ConfigError
+from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.data.base import MAEDataModule
 from mae_zoo.results import record_result
 from mae_zoo.utils.checks import check_resume, check_values, safe_load
@@ -72,6 +73,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     """Instantiate datamodule, module and trainer; every config error surfaces here, before training."""
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
+    if isinstance(module, MaskedAutoencoder):
+        with config_errors_surface():  # the teacher's binding and the distillation heads: their errors come now
+            module.configure_model()
     callbacks = [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate_checked(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     container = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -23,13 +23,30 @@ from torch.utils.data import DataLoader
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
-from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, LoadInfo, MAEOutput, Masks, Tokens
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, LoadInfo, MAEOutput, Masks, Tokens, keep_indices
 from mae_zoo.data.base import MAEDataModule, trainer_datamodule
+from mae_zoo.distill.base import Distiller, DistillStep, take_blocks
 from mae_zoo.masks.base import MaskGenerator
 from mae_zoo.objectives.base import Objective
 from mae_zoo.teachers.base import Teacher
+from mae_zoo.teachers.model import EMATeacher
+from mae_zoo.utils.instantiate import instantiate_checked
 
 _STAGES = {"train": 0, "val": 1, "test": 2, "predict": 3, "visual": 4}
+
+
+class _Blocks:
+    """The hidden states a stack returned for ``keep`` (distinct blocks, block order), read back by block."""
+
+    def __init__(self, hidden: list[Tensor], keep: Sequence[int], net: nn.Module) -> None:
+        self.hidden, self.keep, self.depth = hidden, keep, len(getattr(net, "blocks", ()))
+
+    def take(self, wanted: Sequence[int]) -> list[Tensor]:
+        return take_blocks(self.hidden, self.keep, wanted, self.depth) if wanted else []
+
+    def asked(self, keep: Sequence[int]) -> list[Tensor]:
+        """What the stack would have returned for ``keep`` alone."""
+        return self.take(sorted(keep_indices(keep, self.depth, "the network"))) if keep else []
 
 
 def mask_seed(seed: int, rank: int, stage: str, step: int, micro: int = 0) -> int:
@@ -54,7 +71,8 @@ class MaskedAutoencoder(pl.LightningModule):
     Config entries every modality shares (``module.*``, see ``conf/train.yaml``): ``mask`` (the
     encoder mask), ``decoder_mask`` (which positions the decoder predicts; None: the scored ones),
     ``objective`` (``conf/objective``; None: the modality's default), ``teacher`` (``conf/teacher``;
-    None: the target is the tokenizer's), ``optim`` and ``seed``.
+    None: no teacher), ``distill`` (``conf/distill``; None: no distillation term; a teacher without
+    one replaces the reconstruction target with its features), ``optim`` and ``seed``.
     """
 
     datamodule_class: str | None = None  # the DataModule this modality trains on, for evaluation
@@ -73,6 +91,7 @@ class MaskedAutoencoder(pl.LightningModule):
         objective: dict | None = None,
         teacher: dict | None = None,
         seed: int = 0,
+        distill: dict | None = None,
     ) -> None:
         super().__init__()
         # Every __init__ argument of the subclass chain is a plain container, so checkpoints hold
@@ -88,9 +107,18 @@ class MaskedAutoencoder(pl.LightningModule):
             raise ConfigError(
                 f"objective must build an mae_zoo.objectives.Objective, got {type(self.objective).__name__}"
             )
-        self.teacher: Teacher | None = None
-        if teacher:  # conf/teacher/none.yaml is an empty node
-            self.teacher = hydra.utils.instantiate(teacher).requires_grad_(False)
+        # The teacher lives outside the module tree (a plain attribute, not a submodule): never in the
+        # optimizer, weight-decay groups, DDP's gradient sync or the state dict; _apply moves it along.
+        # Building a teacher leaves the global RNG alone, so a student starts from the same weights with or without one.
+        with torch.random.fork_rng(devices=[]):
+            built = instantiate_checked(teacher) if teacher else None  # conf/teacher/none.yaml: empty
+        if built is not None and not isinstance(built, Teacher):
+            raise ConfigError(f"teacher must build an mae_zoo.teachers.Teacher, got {type(built).__name__}")
+        object.__setattr__(self, "teacher", built.requires_grad_(False).eval() if built is not None else None)
+        self.teacher: Teacher | None
+        self.distill_cfg = dict(distill) if distill else None
+        self.distill: Distiller | None = None  # built by configure_model, once the student exists
+        self._configured = False
         self.optim_cfg = dict(optim)
         self.seed = int(seed)
         self.schedule_info: dict[str, Any] = {}
@@ -146,10 +174,16 @@ class MaskedAutoencoder(pl.LightningModule):
 
     def target(self, batch: Any, tokens: Tokens, masks: Masks) -> torch.Tensor:
         """What the objective compares predictions with, (B, L, Q): the teacher's features when a
-        teacher is configured, else the tokenizer's target."""
-        if self.teacher is not None:
+        teacher is configured without a ``distill`` objective, else the tokenizer's target."""
+        if self.teacher is not None and self.distill_cfg is None:
             with torch.no_grad():
-                return self.teacher(batch, tokens)
+                features = self.teacher(batch, tokens)
+            if features.shape[-1] != tokens.target.shape[-1]:
+                raise ConfigError(
+                    f"teacher without distill: its features ({features.shape[-1]} channels) replace the target, "
+                    f"but the decoder predicts {tokens.target.shape[-1]}; add distill=dmae|mrmae|g2sd"
+                )
+            return features
         return tokens.target
 
     def embed(self, batch: Any, block: int | None = None) -> torch.Tensor:
@@ -198,11 +232,32 @@ class MaskedAutoencoder(pl.LightningModule):
         """One masked step. ``mask`` (B, L) True = hidden from the encoder; ``decoder_mask`` (B, L)
         True = not predicted by the decoder (VideoMAE V2); either is drawn from its generator when
         not given. ``keep``/``keep_decoder``: encoder/decoder blocks whose hidden states to return."""
+        distill = self.distiller()
+        # The blocks a distiller reads travel with the ones the caller asked for.
+        enc_keep = [*keep, *(distill.encoder_blocks if distill else ())]
+        dec_keep = [*keep_decoder, *(distill.decoder_blocks if distill else ())]
         tokens = self.tokenize(batch)
         masks = self.masks(tokens, mask, decoder_mask, generator)
-        encoded = self.encode(tokens, masks.hidden, generator, keep)
-        decoded = self.decode(encoded, tokens, masks, keep_decoder)
+        encoded = self.encode(tokens, masks.hidden, generator, enc_keep)
+        decoded = self.decode(encoded, tokens, masks, dec_keep)
         loss, target = self.objective(decoded.pred, self.target(batch, tokens, masks), masks.score)
+        enc_hidden, dec_hidden, extras = encoded.intermediates, decoded.intermediates, {}
+        if distill is not None and self.teacher is not None:
+            enc = _Blocks(enc_hidden, enc_keep, self.encoder)
+            dec = _Blocks(dec_hidden, dec_keep, self.decoder)
+            step = DistillStep(
+                batch,
+                tokens,
+                masks,
+                encoded,
+                decoded,
+                enc.take(distill.encoder_blocks),
+                dec.take(distill.decoder_blocks),
+            )
+            terms = distill(step, self.teacher)
+            extras = {"loss_recon": loss.detach(), **{f"loss_{k}": v.detach() for k, v in terms.items()}}
+            loss = distill.recon_weight * loss + sum(terms.values())
+            enc_hidden, dec_hidden = enc.asked(keep), dec.asked(keep_decoder)
         return MAEOutput(
             loss=loss,
             pred=decoded.pred,
@@ -210,9 +265,59 @@ class MaskedAutoencoder(pl.LightningModule):
             target=target,
             predicted=masks.predict,
             scored=masks.score,
-            encoder_hidden=encoded.intermediates,
-            decoder_hidden=decoded.intermediates,
+            encoder_hidden=enc_hidden,
+            decoder_hidden=dec_hidden,
+            extras=extras,
         )
+
+    # ----------------------------------------------------------------------------- teacher and distillation
+    def configure_model(self) -> None:
+        """Build what needs the finished student: the teacher's binding (an EMA copy, grid checks) and
+        the distillation heads. Lightning calls this before the optimizer, DDP and checkpoint restore;
+        ``forward`` calls it when the model is used outside a Trainer. Runs once."""
+        if self._configured:
+            return
+        distill = self.distiller_checked()
+        self._configured = True
+        if self.teacher is not None:
+            with torch.random.fork_rng(devices=[]):
+                self.teacher.bind(self)
+        if distill is not None:
+            distill.build(self, self.teacher)
+            self.distill = distill.to(self.device)
+
+    def distiller_checked(self) -> Distiller | None:
+        """The configured distillation, instantiated and checked against what is known before the student
+        is built (its layout, that a teacher is set); None without one."""
+        if self.distill_cfg is None:
+            return None
+        distill = instantiate_checked(self.distill_cfg)
+        if not isinstance(distill, Distiller):
+            raise ConfigError(f"distill must build an mae_zoo.distill.Distiller, got {type(distill).__name__}")
+        distill.check_fits(self, self.teacher)
+        return distill
+
+    def distiller(self) -> Distiller | None:
+        if self.distill_cfg is not None and not self._configured:
+            self.configure_model()
+        return self.distill
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MaskedAutoencoder:
+        super()._apply(fn, recurse)
+        if self.teacher is not None:  # outside the module tree, so moved (and cast) here
+            self.teacher._apply(fn, recurse)
+        return self
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._catch_up_ema()
+
+    def _catch_up_ema(self) -> None:
+        """One EMA update per optimizer step. Checkpoint callbacks save in their ``on_train_batch_end``,
+        which Lightning calls before the module's, so saving catches up first: a resumed teacher then
+        equals the uninterrupted run's."""
+        teacher = self.teacher
+        if isinstance(teacher, EMATeacher) and teacher.updates < self.global_step:
+            teacher.update(self)
 
     def masks(
         self, tokens: Tokens, mask: Tensor | None, decoder_mask: Tensor | None, generator: Generator | None
@@ -257,6 +362,8 @@ class MaskedAutoencoder(pl.LightningModule):
             raise FloatingPointError(f"non-finite training loss {out.loss.item()} at step {self.global_step}")
         size = out.mask.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
+        for name, value in out.extras.items():
+            self.log(f"train/{name}", value, batch_size=size)
         self.log("train/mask_ratio", out.mask.float().mean(), batch_size=size)
         self.log("optim/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
         self.log("optim/effective_batch", float(self.schedule_info["effective_batch"]), batch_size=size)
@@ -314,9 +421,19 @@ class MaskedAutoencoder(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         cls = type(self)
-        meta = {"class": f"{cls.__module__}.{cls.__qualname__}", "layout": self.layout.name}
+        meta: dict[str, Any] = {"class": f"{cls.__module__}.{cls.__qualname__}", "layout": self.layout.name}
         datamodule = trainer_datamodule(self._trainer)
         if datamodule is not None:  # lets evaluation rebuild the same data from the checkpoint alone
             dm_cls = type(datamodule)
             meta["datamodule"] = f"{dm_cls.__module__}.{dm_cls.__qualname__}"
+        if self.teacher is not None:  # which teacher, not its weights (an EMA teacher's are the run's own state)
+            meta["teacher"] = self.teacher.describe()
+            if isinstance(self.teacher, EMATeacher):
+                self._catch_up_ema()
+                checkpoint["ema_teacher"] = self.teacher.state()
         checkpoint["mae_zoo"] = meta
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if isinstance(self.teacher, EMATeacher) and "ema_teacher" in checkpoint:
+            self.configure_model()
+            self.teacher.load_state(checkpoint["ema_teacher"])

@@ -62,6 +62,13 @@ def keep_indices(keep: Keep, depth: int, what: str) -> set[int]:
     return out
 
 
+def in_keep_order(hidden: Sequence[torch.Tensor], keep: Keep, depth: int) -> list[torch.Tensor]:
+    """Reorder the hidden states a network returned for ``keep`` (block order, one per distinct
+    block) to one per entry of ``keep``, in ``keep``'s order."""
+    table = dict(zip(sorted(keep_indices(keep, depth, f"a stack of {depth} blocks")), hidden))
+    return [table[int(i) % depth] for i in keep]
+
+
 @dataclass
 class Masks:
     """The three position sets of one step, each (B, L) bool.

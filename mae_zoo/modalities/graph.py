@@ -99,12 +99,15 @@ class GraphMAE(MaskedAutoencoder):
         self.hparams["in_dim"] = in_dim
 
     def configure_model(self) -> None:
-        if self.in_dim is not None:
-            return
-        datamodule = trainer_datamodule(self._trainer)
-        if not isinstance(datamodule, GraphDataModule):
-            raise ConfigError("GraphMAE needs module.in_dim or a graph datamodule (its num_features)")
-        self._build(datamodule.num_features)
+        if self.in_dim is None:
+            datamodule = trainer_datamodule(self._trainer)
+            if not isinstance(datamodule, GraphDataModule):
+                if self._trainer is None:  # train.build's start-up check: the rest waits for the datamodule
+                    self.distiller_checked()
+                    return
+                raise ConfigError("GraphMAE needs module.in_dim or a graph datamodule (its num_features)")
+            self._build(datamodule.num_features)
+        super().configure_model()
 
     @property
     def embed_dim(self) -> int:

@@ -77,6 +77,7 @@ class TransformerStack(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
         rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
         # attn_layer: timm's fused-qkv Attention unless a modality needs another (VideoMAE's q/v-only biases).
         attn = attn_layer or Attention

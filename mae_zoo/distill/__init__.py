@@ -1,0 +1,8 @@
+"""Distillation objectives (``conf/distill``): loss terms from a frozen teacher, one file each."""
+
+from mae_zoo.distill.base import Distiller, DistillStep
+from mae_zoo.distill.dmae import DMAE
+from mae_zoo.distill.g2sd import G2SD
+from mae_zoo.distill.mrmae import MRMAE
+
+__all__ = ["DMAE", "G2SD", "MRMAE", "DistillStep", "Distiller"]
