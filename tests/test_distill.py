@@ -115,6 +115,53 @@ def test_g2sd_matches_every_row_of_the_teacher_decoder_after_four_blocks(teacher
     torch.testing.assert_close(out.loss, out.extras["loss_distill"])  # recon_weight 0, as the official generic stage
 
 
+def test_maskalign_matches_fused_student_layers_with_the_teachers_top_k_at_visible_positions(teacher_ckpt):
+    """Written out by hand: student blocks mixed by the fusion rows, one head per teacher layer, against
+    the whitened full-input teacher layers 2 and 3 (top 2 of 4) gathered at the visible tokens + cls."""
+    distill = {"_target_": "mae_zoo.distill.MaskAlign", "top_k": 2, "fusion": "sum"}
+    s = student(checkpoint_teacher(teacher_ckpt), distill)
+    x, mask = images(), RANDOM_MASK()
+    out = s(x, mask=mask)
+    d = s.distill
+    assert d.teacher_layers == (2, 3) and d.weights.shape == (2, 3) and len(d.heads) == 2
+    torch.testing.assert_close(d.weights.detach(), torch.full((2, 3), 1 / 3))
+    hidden = s.encode(s.tokenize(x), mask, keep=[0, 1, 2]).intermediates  # (B, 1 + 4, 32) each
+    teacher = load(teacher_ckpt)
+    visible = Visible.from_mask(mask)
+    expected = torch.zeros(())
+    for row, layer in enumerate((2, 3)):
+        full = whiten(teacher.forward_intermediates(x, [layer])[0])
+        target = torch.cat([full[:, :1], visible.gather(full[:, 1:])], dim=1)
+        fused = sum(d.weights[row, i] * hidden[i] for i in range(3))
+        expected = expected + F.smooth_l1_loss(d.heads[row](fused), target) / 2
+    torch.testing.assert_close(out.extras["loss_distill"], 2 * expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, out.extras["loss_distill"])  # no reconstruction term
+    with pytest.raises(ConfigError, match="use distill.fusion=sum for unequal depths"):
+        student(checkpoint_teacher(teacher_ckpt), {**distill, "fusion": "linear"}).configure_model()
+
+
+def test_attention_guided_masking_keeps_the_tokens_the_teacher_cls_attends_to(teacher_ckpt):
+    from mae_zoo.nets.vit import attention_weights
+
+    teacher = load(teacher_ckpt)
+    block, x = teacher.encoder.blocks[0], torch.randn(2, 17, 48)
+    weights = attention_weights(block, x)  # recomputed maps reproduce the fused SDPA block output
+    attn = block.attn
+    v = attn.qkv(block.norm1(x)).reshape(2, 17, 3, 2, 24).permute(2, 0, 3, 1, 4)[2]
+    torch.testing.assert_close(attn.proj((weights @ v).transpose(1, 2).reshape(2, 17, 48)), attn(block.norm1(x)))
+    distill = {"_target_": "mae_zoo.distill.MaskAlign", "top_k": 2, "fusion": "sum", "mask": "attention"}
+    s = student(checkpoint_teacher(teacher_ckpt), distill)
+    s.configure_model()
+    importance = s.teacher.cls_attention(images())
+    assert importance.shape == (4, 16) and torch.all(importance > 0)
+    peaked = torch.full((4, 16), 1e-9)
+    peaked[:, [1, 5, 9, 14]] = 1.0  # 4 = int(16 * 0.25) visible tokens
+    s.teacher.cls_attention = lambda batch: peaked  # type: ignore[method-assign]
+    mask = s.distill.propose_mask(s, images(), s.teacher, torch.Generator().manual_seed(0))
+    assert mask.sum(dim=1).tolist() == [12] * 4
+    assert (~mask).nonzero()[:, 1].view(4, 4).tolist() == [[1, 5, 9, 14]] * 4
+
+
 def test_the_teacher_gets_no_gradient_and_stays_out_of_optimizer_and_state_dict(teacher_ckpt):
     s = student(
         checkpoint_teacher(teacher_ckpt), {"_target_": "mae_zoo.distill.DMAE", "student_block": 1, "teacher_block": 2}
@@ -221,6 +268,15 @@ def test_timm_and_hf_teachers_hand_out_their_own_hidden_states_in_student_order(
     assert (hf.layout.shape, hf.depth, hf.dim, hf.num_prefix) == ((4, 4), 2, 24, 1)
     reference = Dinov2Model.from_pretrained(tmp_path / "dino").eval()(pixel_values=x, output_hidden_states=True)
     torch.testing.assert_close(hf.hidden_states(x, [-1], None)[0], reference.hidden_states[2])
+    eager = Dinov2Model.from_pretrained(tmp_path / "dino", attn_implementation="eager").eval()
+    maps = eager(pixel_values=x, output_attentions=True).attentions[-1]
+    torch.testing.assert_close(hf.cls_attention(x), maps[:, :, 0, 1:].mean(dim=1))
+    last = net.blocks[-1].attn
+    last.fused_attn = False  # timm's unfused path hands its softmax maps through attn_drop
+    seen: list[torch.Tensor] = []
+    last.attn_drop.register_forward_hook(lambda _m, _args, out: seen.append(out))
+    net(x)  # the teacher normalises with mean 0, std 1: the same input
+    torch.testing.assert_close(teacher.cls_attention(x), seen[-1][:, :, 0, 1:].mean(dim=1))
 
 
 def test_distill_smoke_runs_on_image_and_video(tmp_path):
@@ -233,6 +289,7 @@ def test_distill_smoke_runs_on_image_and_video(tmp_path):
         "g2sd": ["teacher=checkpoint", f"teacher.path={ckpt}", "teacher.decoder=true", "distill=g2sd",
                  "distill.teacher_decoder_block=0"],
         "ema": ["teacher=ema", "distill=mrmae"],
+        "maskalign": ["teacher=ema", "distill=maskalign", "distill.top_k=2", "distill.mask=attention"],
         "video": ["modality=video", "model=videomae_micro", "teacher=ema", "distill=dmae", "distill.student_block=0",
                   "distill.teacher_block=-1"],
     }.items():  # fmt: skip

@@ -105,14 +105,21 @@ def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_spawn_two_cpu_processes(make_cfg):
+@pytest.mark.parametrize(
+    "teacher",
+    [(), ("teacher=ema", "distill=dmae", "distill.student_block=0", "distill.teacher_block=-1")],
+    ids=["plain", "ema_teacher_dmae"],
+)
+def test_ddp_spawn_two_cpu_processes(make_cfg, teacher):
     cfg = make_cfg(
-        "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp_spawn", "logger=none", "callbacks=none"
+        "trainer.accelerator=cpu", "trainer.devices=2", "strategy=ddp_spawn", "logger=none", "callbacks=none", *teacher
     )
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 4
     assert metrics["optim/effective_batch"] == 2 * cfg.data.batch_size  # LR scaled by the world size
     assert metrics["train/loss"] > 0
+    if teacher:  # the teacher stays outside DDP's module: no unused-parameter or sync error, its term is logged
+        assert metrics["train/loss_distill"] > 0
 
 
 def test_multirun_with_local_ddp_is_refused(tmp_path):
@@ -145,6 +152,7 @@ def _options(group: str) -> list[str]:
         "logger",
         "debug",
         "teacher",
+        "distill",
         "modality",
         "experiment",
     ],

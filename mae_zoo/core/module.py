@@ -237,6 +237,8 @@ class MaskedAutoencoder(pl.LightningModule):
         enc_keep = [*keep, *(distill.encoder_blocks if distill else ())]
         dec_keep = [*keep_decoder, *(distill.decoder_blocks if distill else ())]
         tokens = self.tokenize(batch)
+        if mask is None and distill is not None and self.teacher is not None:
+            mask = distill.propose_mask(self, batch, self.teacher, generator)
         masks = self.masks(tokens, mask, decoder_mask, generator)
         encoded = self.encode(tokens, masks.hidden, generator, enc_keep)
         decoded = self.decode(encoded, tokens, masks, dec_keep)

@@ -3,6 +3,7 @@
 from mae_zoo.distill.base import Distiller, DistillStep
 from mae_zoo.distill.dmae import DMAE
 from mae_zoo.distill.g2sd import G2SD
+from mae_zoo.distill.maskalign import MaskAlign
 from mae_zoo.distill.mrmae import MRMAE
 
-__all__ = ["DMAE", "G2SD", "MRMAE", "DistillStep", "Distiller"]
+__all__ = ["DMAE", "G2SD", "MRMAE", "DistillStep", "Distiller", "MaskAlign"]

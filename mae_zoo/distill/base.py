@@ -124,6 +124,12 @@ class Distiller(nn.Module, ABC):
                     f"block {i} is out of range for the {what} ({depth} blocks; 0-based, negative from the end)"
                 )
 
+    def propose_mask(
+        self, student: MaskedAutoencoder, batch: Any, teacher: Teacher, generator: torch.Generator | None
+    ) -> torch.Tensor | None:
+        """A (B, L) mask (True = hidden) chosen by the method, or None to draw the configured one."""
+        return None
+
     @abstractmethod
     def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
         """Named loss terms, each already multiplied by its weight (logged as ``train/loss_<name>``)."""

@@ -169,6 +169,18 @@ class MAEDecoder(TransformerStack):
         return Decoded(self.decoder_pred(x[:, self.num_prefix :]), hidden)
 
 
+def attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, N) softmax attention of a timm ``Block`` on its input ``x``: the maps fused SDPA
+    never materialises, recomputed for the one block that needs them (attention-guided masking)."""
+    attn: Any = block.attn  # a timm Block
+    h = block.norm1(x)  # type: ignore[operator]
+    b, n, _ = h.shape
+    project = getattr(attn, "qkv_projection", attn.qkv)
+    q, k, _ = project(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
+
+
 def init_linear_or_norm(m: nn.Module) -> None:
     """The MAE-family init of one Linear (xavier-uniform, zero bias) or LayerNorm (1, 0); other modules
     are left alone. Called per module, in module order, so seeded inits keep their draw order."""

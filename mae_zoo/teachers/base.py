@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.types import Layout, Tokens
+from mae_zoo.nets.vit import attention_weights
 
 if TYPE_CHECKING:
     from mae_zoo.core.module import MaskedAutoencoder
@@ -68,6 +69,24 @@ class Teacher(nn.Module):
         (B, num_prefix + n, dim): every token with ``mask`` None, else the visible ones (mask False),
         in the order and with the padding the student's token-dropping encoder uses."""
         raise ConfigError(f"teacher {type(self).__name__} does not hand out hidden states")
+
+    def last_block(self) -> nn.Module | None:
+        """The last encoder block when it is a timm ``Block`` (what :meth:`cls_attention` reads)."""
+        return None
+
+    def cls_attention(self, batch: Any) -> torch.Tensor:
+        """(B, L): how much the first prefix row (cls) attends to each token in the last block, mean
+        over heads, on the full input (MaskAlign's attention-guided masking)."""
+        block = self.last_block()
+        if block is None or self.num_prefix == 0:
+            raise ConfigError(f"teacher {type(self).__name__} has no cls attention to guide the mask")
+        seen: list[torch.Tensor] = []
+        handle = block.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+        try:
+            self.hidden_states(batch, [-1], None)
+        finally:
+            handle.remove()
+        return attention_weights(block, seen[-1])[:, :, 0, self.num_prefix :].mean(dim=1)
 
     def decoder_hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of decoder ``blocks`` for the input masked with ``mask``, each (B, prefix + L, decoder_dim)."""

@@ -101,6 +101,9 @@ class TimmTeacher(ImageTeacher):
         self.layout = Layout("grid", ("h", "w"), tuple(model.patch_embed.grid_size))
         self.num_prefix, self.dim, self.depth = int(model.num_prefix_tokens), int(model.embed_dim), len(model.blocks)
 
+    def last_block(self) -> nn.Module | None:
+        return self.model.blocks[-1]
+
     def hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         out = self.model.forward_intermediates(
             self.images(batch),
@@ -128,7 +131,8 @@ class HFTeacher(ImageTeacher):
             raise ConfigError(f"teacher=hf: '{path}' is not a local model directory (nothing is downloaded)")
         config = AutoConfig.from_pretrained(path, local_files_only=True)
         vision = getattr(config, "vision_config", config)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        # Eager attention: SDPA kernels return no attention maps (MaskAlign masking reads them).
+        model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager")
         model = getattr(model, "vision_model", model)
         # CLIP's processor statistics; DINOv2/ViT use ImageNet's. A config may give its own.
         clip = getattr(config, "model_type", "").startswith("clip")
@@ -140,6 +144,10 @@ class HFTeacher(ImageTeacher):
         self.layout = Layout("grid", ("h", "w"), (grid, grid))
         self.num_prefix = 1 + int(getattr(vision, "num_register_tokens", 0) or 0)
         self.dim, self.depth = int(vision.hidden_size), int(vision.num_hidden_layers)
+
+    def cls_attention(self, batch: Any) -> torch.Tensor:
+        out = self.model(pixel_values=self.images(batch), output_attentions=True)
+        return out.attentions[-1][:, :, 0, self.num_prefix :].float().mean(dim=1)
 
     def hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         out = self.model(pixel_values=self.images(batch), output_hidden_states=True)
