@@ -58,6 +58,8 @@ def peers(ckpt: str) -> dict[str, tuple[dict | None, dict | None]]:
         "maskalign": (checkpoint, {"_target_": "mae_zoo.distill.MaskAlign", "fusion": "sum"}),
         "g2sd": (with_decoder, {"_target_": "mae_zoo.distill.G2SD", "teacher_decoder_block": 1}),
         "ema": ({"_target_": "mae_zoo.teachers.EMATeacher"}, {"_target_": "mae_zoo.distill.MRMAE"}),
+        "hybrid": (checkpoint, {"_target_": "mae_zoo.distill.HybridDistill", "relation_teacher": checkpoint}),
+        "dmjd": (None, {"_target_": "mae_zoo.distill.DMJD"}),
     }
 
 

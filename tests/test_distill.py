@@ -162,6 +162,81 @@ def test_attention_guided_masking_keeps_the_tokens_the_teacher_cls_attends_to(te
     assert (~mask).nonzero()[:, 1].view(4, 4).tolist() == [[1, 5, 9, 14]] * 4
 
 
+@pytest.mark.parametrize("hidden", [12, 4])
+def test_dmjd_second_view_hides_as_many_tokens_taking_the_first_views_visible_ones_first(hidden):
+    from mae_zoo.distill.dmjd import disjoint_view
+
+    noise = torch.rand(64, 16, generator=torch.Generator().manual_seed(0))
+    first = torch.zeros(64, 16, dtype=torch.bool)
+    first.scatter_(1, noise.argsort(dim=1)[:, :hidden], True)
+    first[0] = False  # a sample with nothing hidden stays so (per-sample counts)
+    second = disjoint_view(first, torch.Generator().manual_seed(1))
+    assert torch.equal(second.sum(dim=1), first.sum(dim=1))  # each view keeps its masking rate
+    extra = (second & ~first).sum(dim=1)
+    assert torch.equal(extra, torch.minimum(16 - first.sum(dim=1), first.sum(dim=1)))
+    if hidden >= 8:  # ratio >= 0.5: disjoint visible sets, every token predicted by one view or the other
+        assert not (~first[1:] & ~second[1:]).any() and (first | second)[1:].all()
+    else:  # ratio < 0.5: every token the first view hid is visible in the second
+        assert not (first & second).any()
+    assert not torch.equal(second, disjoint_view(first, torch.Generator().manual_seed(2)))  # drawn, not fixed
+
+
+def test_dmjd_loss_is_the_official_mean_over_both_views_of_both_branches():
+    """Written out by hand: the decoder's loss on each view's hidden tokens, the visible branch's
+    Smooth-L1 (beta 2) against the norm-pix targets of each view's visible tokens, averaged over views."""
+    from mae_zoo.distill.dmjd import disjoint_view
+    from mae_zoo.objectives.base import normalize_per_token
+
+    s = student(None, {"_target_": "mae_zoo.distill.DMJD"})
+    x, mask = images(), RANDOM_MASK()
+    out = s(x, mask=mask, generator=torch.Generator().manual_seed(7))
+    second = disjoint_view(mask, torch.Generator().manual_seed(7))
+    assert not (~mask & ~second).any()  # 12 of 16 hidden: disjoint visible sets
+    d, tokens = s.distill, s.tokenize(x)
+    target = normalize_per_token(tokens.target)
+
+    def view(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = s.encode(tokens, m)
+        pred = s.decoder(encoded).pred
+        recon = (((pred - target) ** 2).mean(dim=-1) * m).sum() / m.sum()
+        vis = F.smooth_l1_loss(d.predictor(d.projector(encoded.tokens)), Visible.from_mask(m).gather(target), beta=2.0)
+        return recon, vis
+
+    (r1, v1), (r2, v2) = view(mask), view(second)
+    torch.testing.assert_close(out.extras["loss_recon"], r1)
+    torch.testing.assert_close(out.extras["loss_second_view"], 0.5 * r2)
+    torch.testing.assert_close(out.extras["loss_distill"], (v1 + v2) / 2)
+    torch.testing.assert_close(out.loss, 0.5 * r1 + 0.5 * r2 + (v1 + v2) / 2)
+    assert s.teacher is None  # DMJD distils within the student
+
+
+def test_hybrid_distill_matches_relation_teacher_attention_and_feature_teacher_output(teacher_ckpt, tmp_path):
+    """Relations: a relation teacher that is the student's own copy has, at block 0, exactly the
+    student's attention among the visible tokens once restricted and renormalised, so the KL is zero;
+    against its block 1 it is not. Features: written out by hand against the feature teacher."""
+    own = save_model(student(None, None), tmp_path / "own.ckpt")
+    x, mask = images(), RANDOM_MASK()
+    for j, zero in ((0, True), (1, False)):
+        distill = {
+            "_target_": "mae_zoo.distill.HybridDistill",
+            "relation_teacher": checkpoint_teacher(own),
+            "relation_blocks": [0],
+            "teacher_relation_blocks": [j],
+        }
+        s = student(checkpoint_teacher(teacher_ckpt), distill)
+        out = s(x, mask=mask)
+        assert (out.extras["loss_relation"].item() < 1e-5) == zero, (j, out.extras)
+    torch.testing.assert_close(out.loss, out.extras["loss_feature"] + out.extras["loss_relation"])  # recon weight 0
+    teacher = load(teacher_ckpt)
+    full = teacher.forward_intermediates(x, [-1])[0]  # the feature teacher sees every token
+    visible = Visible.from_mask(mask)
+    target = whiten(torch.cat([full[:, :1], visible.gather(full[:, 1:])], dim=1))
+    last = s.encode(s.tokenize(x), mask, keep=[-1]).intermediates[0]  # cls + 4 visible rows
+    torch.testing.assert_close(out.extras["loss_feature"], F.mse_loss(s.distill.head(last), target))
+    with pytest.raises(ConfigError, match="needs distill.relation_teacher"):
+        student(checkpoint_teacher(teacher_ckpt), {"_target_": "mae_zoo.distill.HybridDistill"}).configure_model()
+
+
 def test_the_teacher_gets_no_gradient_and_stays_out_of_optimizer_and_state_dict(teacher_ckpt):
     s = student(
         checkpoint_teacher(teacher_ckpt), {"_target_": "mae_zoo.distill.DMAE", "student_block": 1, "teacher_block": 2}
@@ -292,11 +367,17 @@ def test_distill_smoke_runs_on_image_and_video(tmp_path):
         "maskalign": ["teacher=ema", "distill=maskalign", "distill.top_k=2", "distill.mask=attention"],
         "video": ["modality=video", "model=videomae_micro", "teacher=ema", "distill=dmae", "distill.student_block=0",
                   "distill.teacher_block=-1"],
+        "hybrid": ["teacher=checkpoint", f"teacher.path={ckpt}", "distill=hybrid",
+                   f"distill.relation_teacher.path={ckpt}"],
+        "video_dmjd": ["modality=video", "model=videomae_micro", "distill=dmjd"],
     }.items():  # fmt: skip
         metrics = train(compose_cfg([*quiet, *overrides], tmp_path / name))
-        assert metrics["train/loss_distill"] > 0 and "train/loss_recon" in metrics, name
+        terms = ("train/loss_feature", "train/loss_relation") if name == "hybrid" else ("train/loss_distill",)
+        assert all(metrics[t] > 0 for t in terms) and "train/loss_recon" in metrics, name
     saved = torch.load(tmp_path / "dmae" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["mae_zoo"]["teacher"]["path"] == str(ckpt) and len(saved["mae_zoo"]["teacher"]["sha256"]) == 64
+    hybrid = torch.load(tmp_path / "hybrid" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert hybrid["mae_zoo"]["distill_teachers"][0]["path"] == str(ckpt)  # both teachers are recorded
 
 
 def test_graph_models_refuse_a_transformer_distillation(make_cfg):

@@ -25,8 +25,9 @@ from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.optim import WarmupCosine, all_params_group, build_optimizer, param_groups, scaled_lr
 from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, LoadInfo, MAEOutput, Masks, Tokens, keep_indices
 from mae_zoo.data.base import MAEDataModule, trainer_datamodule
-from mae_zoo.distill.base import Distiller, DistillStep, take_blocks
+from mae_zoo.distill.base import Distiller, DistillStep, stack, take_blocks
 from mae_zoo.masks.base import MaskGenerator
+from mae_zoo.nets.vit import attention_weights, block_inputs
 from mae_zoo.objectives.base import Objective
 from mae_zoo.teachers.base import Teacher
 from mae_zoo.teachers.model import EMATeacher
@@ -240,11 +241,16 @@ class MaskedAutoencoder(pl.LightningModule):
         if mask is None and distill is not None and self.teacher is not None:
             mask = distill.propose_mask(self, batch, self.teacher, generator)
         masks = self.masks(tokens, mask, decoder_mask, generator)
-        encoded = self.encode(tokens, masks.hidden, generator, enc_keep)
+        # Attention maps a distiller reads: the inputs of those blocks, recorded during the one forward.
+        encoder_stack = stack(self.encoder)
+        wanted = distill.attention_blocks if distill is not None and encoder_stack is not None else ()
+        attention_blocks = [encoder_stack.blocks[i] for i in wanted] if encoder_stack is not None else []
+        with block_inputs(attention_blocks) as block_in:
+            encoded = self.encode(tokens, masks.hidden, generator, enc_keep)
         decoded = self.decode(encoded, tokens, masks, dec_keep)
         loss, target = self.objective(decoded.pred, self.target(batch, tokens, masks), masks.score)
         enc_hidden, dec_hidden, extras = encoded.intermediates, decoded.intermediates, {}
-        if distill is not None and self.teacher is not None:
+        if distill is not None:
             enc = _Blocks(enc_hidden, enc_keep, self.encoder)
             dec = _Blocks(dec_hidden, dec_keep, self.decoder)
             step = DistillStep(
@@ -255,6 +261,9 @@ class MaskedAutoencoder(pl.LightningModule):
                 decoded,
                 enc.take(distill.encoder_blocks),
                 dec.take(distill.decoder_blocks),
+                [attention_weights(b, *x) for b, x in zip(attention_blocks, block_in) if x is not None],
+                self,
+                generator,
             )
             terms = distill(step, self.teacher)
             extras = {"loss_recon": loss.detach(), **{f"loss_{k}": v.detach() for k, v in terms.items()}}
@@ -299,6 +308,11 @@ class MaskedAutoencoder(pl.LightningModule):
         distill.check_fits(self, self.teacher)
         return distill
 
+    def all_teachers(self) -> list[Teacher]:
+        """``teacher=`` and any teacher the distillation objective holds itself."""
+        extra = list(self.distill.teachers()) if self.distill is not None else []
+        return ([self.teacher] if self.teacher is not None else []) + extra
+
     def distiller(self) -> Distiller | None:
         if self.distill_cfg is not None and not self._configured:
             self.configure_model()
@@ -306,8 +320,8 @@ class MaskedAutoencoder(pl.LightningModule):
 
     def _apply(self, fn: Any, recurse: bool = True) -> MaskedAutoencoder:
         super()._apply(fn, recurse)
-        if self.teacher is not None:  # outside the module tree, so moved (and cast) here
-            self.teacher._apply(fn, recurse)
+        for teacher in self.all_teachers():  # outside the module tree, so moved (and cast) here
+            teacher._apply(fn, recurse)
         return self
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -433,6 +447,8 @@ class MaskedAutoencoder(pl.LightningModule):
             if isinstance(self.teacher, EMATeacher):
                 self._catch_up_ema()
                 checkpoint["ema_teacher"] = self.teacher.state()
+        if self.distill is not None and self.distill.teachers():
+            meta["distill_teachers"] = [t.describe() for t in self.distill.teachers()]
         checkpoint["mae_zoo"] = meta
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

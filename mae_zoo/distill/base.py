@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 @dataclass
 class DistillStep:
     """What one student step hands a distiller. ``encoder_hidden``/``decoder_hidden``: the hidden
-    states of the distiller's ``encoder_blocks``/``decoder_blocks``, in that order."""
+    states of the distiller's ``encoder_blocks``/``decoder_blocks``, in that order;
+    ``encoder_attention``: the softmax attention (B, heads, N, N) of its ``attention_blocks``.
+    ``student`` and ``generator`` let a method run the student once more (DMJD's second view)."""
 
     batch: Any
     tokens: Tokens
@@ -40,6 +42,9 @@ class DistillStep:
     decoded: Decoded
     encoder_hidden: list[torch.Tensor]
     decoder_hidden: list[torch.Tensor]
+    encoder_attention: list[torch.Tensor] = field(default_factory=list)
+    student: Any = None
+    generator: torch.Generator | None = None
 
     def valid_rows(self) -> torch.Tensor | None:
         """(B, prefix + n) True for the rows of the encoder's output that are real tokens (a
@@ -73,6 +78,7 @@ class Distiller(nn.Module, ABC):
     student and the teacher exist, and return named, weighted terms from :meth:`forward`."""
 
     layouts: tuple[str, ...] = ("grid:*", "points", "seq")
+    needs_teacher: bool = True  # False: the method distils within the student (DMJD's two views)
 
     def __init__(self, weight: float = 1.0, recon_weight: float = 1.0) -> None:
         super().__init__()
@@ -94,6 +100,16 @@ class Distiller(nn.Module, ABC):
         """Student decoder blocks whose hidden states the method reads."""
         return ()
 
+    @property
+    def attention_blocks(self) -> tuple[int, ...]:
+        """Student encoder blocks whose attention maps the method reads."""
+        return ()
+
+    def teachers(self) -> tuple[Teacher, ...]:
+        """Teachers the method holds itself, besides ``teacher=`` (Hybrid Distill's second one): kept
+        outside the module tree like the main teacher, moved with the student, recorded in checkpoints."""
+        return ()
+
     def build(self, student: MaskedAutoencoder, teacher: Teacher | None) -> None:
         """Check that the method fits the student and the teacher, then create heads. Subclasses
         call this first."""
@@ -102,6 +118,7 @@ class Distiller(nn.Module, ABC):
         if encoder is None:
             raise ConfigError(f"distill={self.name} needs a transformer encoder; {type(student).__name__} has none")
         self.check_blocks("student encoder", self.encoder_blocks, len(encoder.blocks))
+        self.check_blocks("student encoder", self.attention_blocks, len(encoder.blocks))
         if self.decoder_blocks:
             self.check_blocks("student decoder", self.decoder_blocks, len(decoder.blocks) if decoder else 0)
 
@@ -113,7 +130,7 @@ class Distiller(nn.Module, ABC):
                 f"distill={self.name} reads transformer token features; {type(student).__name__} has the "
                 f"'{layout.name}' layout (it fits {list(self.layouts)}). Use distill=none."
             )
-        if teacher is None:
+        if teacher is None and self.needs_teacher:
             raise ConfigError(f"distill={self.name} needs a teacher: teacher=checkpoint|ema|timm|hf")
 
     @staticmethod
@@ -131,7 +148,7 @@ class Distiller(nn.Module, ABC):
         return None
 
     @abstractmethod
-    def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
+    def forward(self, step: DistillStep, teacher: Teacher | None) -> dict[str, torch.Tensor]:
         """Named loss terms, each already multiplied by its weight (logged as ``train/loss_<name>``)."""
 
 

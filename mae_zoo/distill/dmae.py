@@ -48,7 +48,8 @@ class DMAE(Distiller):
             )
         self.proj = nn.Linear(encoder.dim, teacher.dim)
 
-    def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
+    def forward(self, step: DistillStep, teacher: Teacher | None) -> dict[str, torch.Tensor]:
+        assert teacher is not None  # needs_teacher: checked at start-up
         assert self.proj is not None
         with torch.no_grad():
             target = teacher.hidden_states(step.batch, [self.teacher_block], step.masks.hidden)[0]

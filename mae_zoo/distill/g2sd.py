@@ -55,7 +55,8 @@ class G2SD(Distiller):
         width = teacher.decoder_dim
         self.head = nn.Sequential(nn.Linear(decoder.dim, width), nn.GELU(), nn.Linear(width, width))
 
-    def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
+    def forward(self, step: DistillStep, teacher: Teacher | None) -> dict[str, torch.Tensor]:
+        assert teacher is not None  # needs_teacher: checked at start-up
         assert self.head is not None
         with torch.no_grad():
             target = teacher.decoder_hidden_states(step.batch, [self.teacher_decoder_block], step.masks.hidden)[0]

@@ -97,7 +97,8 @@ class MaskAlign(Distiller):
         mask.scatter_(1, order[:, :count], False)
         return mask
 
-    def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
+    def forward(self, step: DistillStep, teacher: Teacher | None) -> dict[str, torch.Tensor]:
+        assert teacher is not None  # needs_teacher: checked at start-up
         assert self.weights is not None
         student = torch.stack(step.encoder_hidden)  # (S, B, rows, D)
         fused = torch.einsum("ts,sbnd->tbnd", self.weights.to(student.dtype), student)

@@ -38,7 +38,8 @@ class MRMAE(Distiller):
         assert encoder is not None  # checked by Distiller.build
         self.head = nn.Linear(encoder.dim, teacher.dim)
 
-    def forward(self, step: DistillStep, teacher: Teacher) -> dict[str, torch.Tensor]:
+    def forward(self, step: DistillStep, teacher: Teacher | None) -> dict[str, torch.Tensor]:
+        assert teacher is not None  # needs_teacher: checked at start-up
         assert self.head is not None
         encoded = step.encoded
         with torch.no_grad():

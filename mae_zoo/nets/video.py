@@ -95,6 +95,7 @@ class VideoDecoder(TransformerStack):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos = PositionTable(grid, embed_dim)
         self.head = nn.Linear(embed_dim, out_dim)
+        self.out_dim = out_dim
 
     def forward(
         self, encoded: Encoded, reconstruct: torch.Tensor, grid: Grid | None = None, keep: Sequence[int] = ()

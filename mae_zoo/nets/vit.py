@@ -7,7 +7,8 @@ Attribute names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -62,6 +63,7 @@ class TransformerStack(nn.Module):
     transformer encoder and decoder. ``num_prefix``: leading non-token rows (a cls token)."""
 
     num_prefix: int = 0
+    out_dim: int = 0  # a decoder's per-position prediction width (0: an encoder)
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class MAEDecoder(TransformerStack):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_pos_embed = nn.Parameter(pos_table[None].clone(), requires_grad=False)
         self.decoder_pred = nn.Linear(embed_dim, out_dim)
+        self.out_dim = out_dim
 
     def forward(self, encoded: Encoded, keep: Sequence[int] = ()) -> Decoded:
         """Predictions for every token, (B, L, out_dim); the prefix (cls) row is dropped."""
@@ -169,16 +172,38 @@ class MAEDecoder(TransformerStack):
         return Decoded(self.decoder_pred(x[:, self.num_prefix :]), hidden)
 
 
-def attention_weights(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, N, N) softmax attention of a timm ``Block`` on its input ``x``: the maps fused SDPA
-    never materialises, recomputed for the one block that needs them (attention-guided masking)."""
+def attention_weights(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, heads, N, N) softmax attention of a timm ``Block`` on its input ``x`` (``attn_mask``: the
+    boolean SDPA mask it ran with, True = attend): the maps fused SDPA never materialises, recomputed
+    for the blocks that need them (attention-guided masking, relation distillation)."""
     attn: Any = block.attn  # a timm Block
     h = block.norm1(x)  # type: ignore[operator]
     b, n, _ = h.shape
     project = getattr(attn, "qkv_projection", attn.qkv)
     q, k, _ = project(h).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    return ((q.float() * attn.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
+    logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+@contextmanager
+def block_inputs(blocks: Sequence[nn.Module]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor | None] | None]]:
+    """While open, record what each of ``blocks`` was last called with, as (input, attn_mask), in the
+    order of ``blocks`` (None until called): what :func:`attention_weights` needs to rebuild that
+    block's attention maps after the forward."""
+    seen: list[tuple[torch.Tensor, torch.Tensor | None] | None] = [None] * len(blocks)
+
+    def record(k: int, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        seen[k] = (args[0], kwargs.get("attn_mask"))
+
+    handles = [b.register_forward_pre_hook(partial(record, k), with_kwargs=True) for k, b in enumerate(blocks)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def init_linear_or_norm(m: nn.Module) -> None:

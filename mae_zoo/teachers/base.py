@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.core.types import Layout, Tokens
-from mae_zoo.nets.vit import attention_weights
+from mae_zoo.core.types import Layout, Tokens, Visible
+from mae_zoo.nets.vit import attention_weights, block_inputs
 
 if TYPE_CHECKING:
     from mae_zoo.core.module import MaskedAutoencoder
@@ -70,23 +70,48 @@ class Teacher(nn.Module):
         in the order and with the padding the student's token-dropping encoder uses."""
         raise ConfigError(f"teacher {type(self).__name__} does not hand out hidden states")
 
-    def last_block(self) -> nn.Module | None:
-        """The last encoder block when it is a timm ``Block`` (what :meth:`cls_attention` reads)."""
+    def block(self, index: int) -> nn.Module | None:
+        """Encoder block ``index`` (negative: from the end) when it is a timm ``Block``, whose input
+        :meth:`attention_maps` and :meth:`cls_attention` read; None when the blocks are not reachable."""
         return None
+
+    def attention_maps(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Softmax attention of encoder ``blocks``, each (B, heads, N, N) over the rows
+        :meth:`hidden_states` hands out for ``mask`` (prefix + every token, or prefix + the visible ones).
+        A teacher that drops tokens attends among the visible ones only; one that always reads the full
+        input has its maps restricted to the visible rows and keys and renormalised over the keys."""
+        modules = [self.block(int(i)) for i in blocks]
+        if any(m is None for m in modules):
+            raise ConfigError(f"teacher {type(self).__name__} offers no attention maps")
+        with block_inputs(modules) as seen:  # type: ignore[arg-type]  # None excluded above
+            self.hidden_states(batch, blocks, mask)
+        maps = []
+        for module, entry in zip(modules, seen):
+            assert entry is not None, "a teacher block did not run"
+            maps.append(attention_weights(module, *entry))  # type: ignore[arg-type]
+        return [self.restrict(a, mask) for a in maps]
+
+    def restrict(self, maps: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Full-input maps (B, H, prefix + L, prefix + L) -> prefix + visible rows and keys, renormalised."""
+        p = self.num_prefix
+        if mask is None or maps.shape[-1] != p + mask.shape[1]:
+            return maps  # already over the student's rows
+        keep = Visible.from_mask(mask.to(maps.device)).ids_keep
+        if int((~mask).sum(dim=1).min()) != keep.shape[1]:
+            raise ConfigError("attention maps of a full-input teacher need the same visible count in every sample")
+        rows = torch.cat([torch.arange(p, device=maps.device).expand(keep.shape[0], p), keep + p], dim=1)
+        b, h = maps.shape[:2]
+        index = rows[:, None, :, None].expand(b, h, rows.shape[1], maps.shape[-1])
+        maps = torch.gather(maps, 2, index)
+        maps = torch.gather(maps, 3, rows[:, None, None, :].expand(b, h, rows.shape[1], rows.shape[1]))
+        return maps / maps.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def cls_attention(self, batch: Any) -> torch.Tensor:
         """(B, L): how much the first prefix row (cls) attends to each token in the last block, mean
         over heads, on the full input (MaskAlign's attention-guided masking)."""
-        block = self.last_block()
-        if block is None or self.num_prefix == 0:
-            raise ConfigError(f"teacher {type(self).__name__} has no cls attention to guide the mask")
-        seen: list[torch.Tensor] = []
-        handle = block.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
-        try:
-            self.hidden_states(batch, [-1], None)
-        finally:
-            handle.remove()
-        return attention_weights(block, seen[-1])[:, :, 0, self.num_prefix :].mean(dim=1)
+        if self.num_prefix == 0:
+            raise ConfigError(f"teacher {type(self).__name__} has no cls row whose attention could guide the mask")
+        return self.attention_maps(batch, [-1], None)[0][:, :, 0, self.num_prefix :].mean(dim=1)
 
     def decoder_hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of decoder ``blocks`` for the input masked with ``mask``, each (B, prefix + L, decoder_dim)."""

@@ -101,8 +101,8 @@ class TimmTeacher(ImageTeacher):
         self.layout = Layout("grid", ("h", "w"), tuple(model.patch_embed.grid_size))
         self.num_prefix, self.dim, self.depth = int(model.num_prefix_tokens), int(model.embed_dim), len(model.blocks)
 
-    def last_block(self) -> nn.Module | None:
-        return self.model.blocks[-1]
+    def block(self, index: int) -> nn.Module | None:
+        return self.model.blocks[index]
 
     def hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         out = self.model.forward_intermediates(
@@ -145,9 +145,9 @@ class HFTeacher(ImageTeacher):
         self.num_prefix = 1 + int(getattr(vision, "num_register_tokens", 0) or 0)
         self.dim, self.depth = int(vision.hidden_size), int(vision.num_hidden_layers)
 
-    def cls_attention(self, batch: Any) -> torch.Tensor:
+    def attention_maps(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         out = self.model(pixel_values=self.images(batch), output_attentions=True)
-        return out.attentions[-1][:, :, 0, self.num_prefix :].float().mean(dim=1)
+        return [self.restrict(out.attentions[int(i) % self.depth].float(), mask) for i in blocks]
 
     def hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         out = self.model(pixel_values=self.images(batch), output_hidden_states=True)

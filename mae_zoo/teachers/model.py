@@ -49,11 +49,11 @@ class ModelTeacher(Teacher):
             raise RuntimeError(f"{type(self).__name__} is not bound to a model yet")
         return self.model
 
-    def last_block(self) -> torch.nn.Module | None:
+    def block(self, index: int) -> torch.nn.Module | None:
         from mae_zoo.distill.base import stack
 
         encoder = stack(self._model().encoder)
-        return None if encoder is None else encoder.blocks[-1]
+        return None if encoder is None else encoder.blocks[index]
 
     def hidden_states(self, batch: Any, blocks: Sequence[int], mask: torch.Tensor | None) -> list[torch.Tensor]:
         hidden = self._model().forward_intermediates(batch, blocks, mask=mask)
