@@ -4,6 +4,7 @@ from mae_zoo.masks.base import MaskConfigError, MaskGenerator, MaskLayoutError, 
 from mae_zoo.masks.block import BlockMask
 from mae_zoo.masks.colored_noise import ColoredNoiseMask
 from mae_zoo.masks.random import RandomMask
+from mae_zoo.masks.simmim import SimMIMMask
 from mae_zoo.masks.tube import TubeMask
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "MaskGenerator",
     "MaskLayoutError",
     "RandomMask",
+    "SimMIMMask",
     "TubeMask",
     "mask_from_scores",
 ]

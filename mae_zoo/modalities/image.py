@@ -7,10 +7,18 @@ from typing import Any
 
 import torch
 
+from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.types import Layout, Tokens
 from mae_zoo.modalities.pixels import PixelMAE
 from mae_zoo.nets.pos_embed import sincos_2d
-from mae_zoo.nets.vit import MAEDecoder, PatchProjection, ViTEncoder, init_mae_weights
+from mae_zoo.nets.vit import (
+    LinearPixelHead,
+    MAEDecoder,
+    MaskTokenViTEncoder,
+    PatchProjection,
+    ViTEncoder,
+    init_mae_weights,
+)
 from mae_zoo.objectives import MaskedMSE
 
 
@@ -32,8 +40,13 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid: tuple[int, int], ch
     return x.reshape(b, channels, h * p, w * p)
 
 
+# model.encoder.kind: MAE's token-dropping encoder, or SimMIM's mask-token encoder (full sequence).
+ENCODERS = {"dropping": ViTEncoder, "masked": MaskTokenViTEncoder}
+
+
 class ImageMAE(PixelMAE):
-    """ViT MAE on images (B, C, H, W). ``encoder``/``decoder`` are dicts of sizes (see ``conf/model``);
+    """ViT MAE on images (B, C, H, W). ``encoder``/``decoder`` are dicts of sizes (see ``conf/model``)
+    and ``kind`` (encoder: dropping | masked; decoder: mae | linear, SimMIM's head);
     ``pixel``: ``img_size``, ``in_chans``, ``patch_size``, ``embed_pool`` (cls | mean), ``pixel_mean``,
     ``pixel_std`` (:class:`PixelMAE`) and the shared entries (mask, objective, ..., seed)."""
 
@@ -45,15 +58,29 @@ class ImageMAE(PixelMAE):
         patch_size, in_chans = self.patch_size, self.in_chans
         grid = (self.img_size // patch_size, self.img_size // patch_size)
         self.set_layout(Layout("grid", ("h", "w"), grid))
-        enc_dim, dec_dim = encoder["embed_dim"], decoder["embed_dim"]
-        self.encoder = ViTEncoder(
+        encoder, decoder = dict(encoder), dict(decoder)
+        encoder_kind, decoder_kind = encoder.pop("kind", "dropping"), decoder.pop("kind", "mae")
+        if encoder_kind not in ENCODERS or decoder_kind not in ("mae", "linear"):
+            raise ConfigError(
+                f"model.encoder.kind must be one of {sorted(ENCODERS)} and model.decoder.kind one of "
+                f"['linear', 'mae'], got {encoder_kind!r} and {decoder_kind!r}"
+            )
+        if decoder_kind == "linear" and encoder_kind != "masked":
+            raise ConfigError(
+                "model.decoder.kind=linear (SimMIM's head) predicts every patch from its own encoder token: "
+                "it needs model.encoder.kind=masked (the dropping encoder has no rows for hidden patches)"
+            )
+        enc_dim, out_dim = encoder["embed_dim"], patch_size * patch_size * in_chans
+        self.encoder = ENCODERS[encoder_kind](
             PatchProjection(in_chans, (patch_size, patch_size), enc_dim),
             sincos_2d(enc_dim, *grid, cls_token=True),
             **encoder,
         )
-        self.decoder = MAEDecoder(
-            enc_dim, sincos_2d(dec_dim, *grid, cls_token=True), patch_size * patch_size * in_chans, **decoder
-        )
+        if decoder_kind == "linear":
+            self.decoder = LinearPixelHead(enc_dim, out_dim)
+        else:
+            dec_dim = decoder["embed_dim"]
+            self.decoder = MAEDecoder(enc_dim, sincos_2d(dec_dim, *grid, cls_token=True), out_dim, **decoder)
         init_mae_weights(self)
 
     @classmethod

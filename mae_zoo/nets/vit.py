@@ -139,6 +139,45 @@ class ViTEncoder(TransformerStack):
         return Encoded(latent, visible, self.num_prefix, hidden)
 
 
+class MaskTokenViTEncoder(ViTEncoder):
+    """SimMIM's encoder: every token runs through the blocks, the hidden ones replaced by a learnable
+    [MASK] embedding after the patch projection (``x * (1 - w) + m * w``), so any mask, of any count
+    per sample, needs no padding; it costs the full sequence. ``Encoded.visible`` is None: every row is there."""
+
+    def __init__(self, patch_embed: PatchProjection, pos_table: torch.Tensor, embed_dim: int, **kwargs: Any) -> None:
+        super().__init__(patch_embed, pos_table, embed_dim, **kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, keep: Sequence[int] = ()) -> Encoded:
+        x = self.patch_embed(tokens)
+        if mask is not None:
+            w = mask[..., None].to(x.dtype)
+            x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        x = x + self.pos_embed[:, self.num_prefix :]
+        if self.cls_token is not None:
+            cls = self.cls_token + self.pos_embed[:, :1]
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+        latent, hidden = self.forward_blocks(x, None, keep)
+        return Encoded(latent, None, self.num_prefix, hidden)
+
+
+class LinearPixelHead(nn.Module):
+    """SimMIM's decoder: a 1x1 convolution to ``patch² * C`` channels and a PixelShuffle on the token
+    map, that is one Linear per token to its own patch's pixels. Needs an encoder that keeps every token."""
+
+    def __init__(self, encoder_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.pred = nn.Linear(encoder_dim, out_dim)
+        self.out_dim = out_dim
+
+    def forward(self, encoded: Encoded, keep: Sequence[int] = ()) -> Decoded:
+        if keep:
+            raise ValueError("the linear pixel head has no blocks to hand out")
+        if encoded.visible is not None:
+            raise ValueError("the linear pixel head predicts from every token: use a mask-token encoder")
+        return Decoded(self.pred(encoded.latent[:, encoded.num_prefix :]))
+
+
 class MAEDecoder(TransformerStack):
     """MAE decoder: Linear -> mask tokens -> unshuffle -> + fixed positions -> blocks -> norm -> Linear."""
 

@@ -2,6 +2,15 @@
 
 from mae_zoo.objectives.base import Objective, masked_mean, normalize_per_token
 from mae_zoo.objectives.cosine import ScaledCosineError
+from mae_zoo.objectives.l1 import MaskedL1
 from mae_zoo.objectives.mse import MaskedMSE, TubeNormalizedMSE
 
-__all__ = ["MaskedMSE", "Objective", "ScaledCosineError", "TubeNormalizedMSE", "masked_mean", "normalize_per_token"]
+__all__ = [
+    "MaskedL1",
+    "MaskedMSE",
+    "Objective",
+    "ScaledCosineError",
+    "TubeNormalizedMSE",
+    "masked_mean",
+    "normalize_per_token",
+]

@@ -23,8 +23,11 @@ class MaskedMSE(Objective):
         target = target.float()
         if self.norm_pix_loss:
             target = normalize_per_token(target, self.eps)
-        per_token = (pred.float() - target).pow(2).mean(dim=-1)
-        return masked_mean(per_token, score), target
+        return masked_mean(self.error(pred.float(), target), score), target
+
+    def error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token error: the mean squared difference over the token's values."""
+        return (pred - target).pow(2).mean(dim=-1)
 
     def denormalize(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.norm_pix_loss:
@@ -58,8 +61,11 @@ class TubeNormalizedMSE(Objective):
         self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         target = self.normalize(target) if self.norm_pix_loss else target.float()
-        per_token = (pred.float() - target).pow(2).mean(dim=-1)
-        return masked_mean(per_token, score), target
+        return masked_mean(self.error(pred.float(), target), score), target
+
+    def error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token error: the mean squared difference over the token's values."""
+        return (pred - target).pow(2).mean(dim=-1)
 
     def denormalize(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.norm_pix_loss:

@@ -85,8 +85,10 @@ def timm_spec(model: ImageMAE) -> dict[str, Any]:
 
 
 def timm_state_dict(model: ImageMAE) -> dict[str, torch.Tensor]:
-    """The encoder's state dict under timm names (they are ours): contiguous CPU copies."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.encoder.state_dict().items()}
+    """The encoder's state dict under timm names (they are ours): contiguous CPU copies. A mask-token
+    encoder's [MASK] embedding is pre-training only (SimMIM drops it too)."""
+    state = model.encoder.state_dict()
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if k != "mask_token"}
 
 
 def build_timm(spec: dict[str, Any], device: str | torch.device | None = None) -> nn.Module:
