@@ -3,7 +3,8 @@
 ``dataset`` (one ``PointDataModule`` for all, ``conf/data/<name>.yaml``):
 
 * ``shapes``: :mod:`mae_zoo.data.point_shapes`, generated in memory (no download).
-* ``mesh_folder``: meshes (OBJ/OFF/PLY/STL, read by ``trimesh``) under ``root/<class>/...``; each mesh
+* ``mesh_folder``: meshes (OBJ/OFF/PLY/STL, read by ``trimesh``) under ``root/<class>/...`` (or, with
+  ``label_by=file``, every mesh its own class); each mesh
   is sampled uniformly by area to ``sample_points`` points once and cached (``.npy`` under
   ``cache_dir``). With ``train/`` and ``test/`` folders in the paths (the ModelNet40 mesh layout),
   they are the splits; otherwise every mesh is in both splits and a split is a set of *views*
@@ -224,6 +225,7 @@ class PointDataModule(MAEDataModule):
         view_seed: int = 0,
         val_fraction: float = 0.2,
         variant: str = "hardest",
+        label_by: str = "folder",
         pin_memory: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
@@ -231,6 +233,8 @@ class PointDataModule(MAEDataModule):
             raise ConfigError(f"data.dataset must be one of {list(DATASETS)}, got '{dataset}'")
         if dataset != "shapes" and not root:
             raise ConfigError(f"data.dataset={dataset} reads files: set data.root")
+        if label_by not in ("folder", "file"):
+            raise ConfigError(f"data.label_by must be 'folder' or 'file', got '{label_by}'")
         if dataset == "scanobjectnn" and variant not in SCANOBJECTNN:
             raise ConfigError(f"data.variant must be one of {list(SCANOBJECTNN)}, got '{variant}'")
         self.save_hyperparameters(logger=False)
@@ -302,6 +306,9 @@ class PointDataModule(MAEDataModule):
     def _build_mesh_folder(self, skipped: SkippedFiles) -> tuple[Split, Split]:
         hp: Any = self.hparams
         files = self._class_files(MESH_EXTENSIONS)
+        if hp.label_by == "file":  # every mesh its own class (a few-object recognition task)
+            files = [(p, os.path.relpath(p, str(self.root))) for p, _ in files]
+            self.classes = sorted(c for _, c in files)
         index = {c: i for i, c in enumerate(self.classes)}
         cache = hp.cache_dir or os.path.join(tempfile.gettempdir(), "mae_zoo_mesh_cache")
         sample_points = int(hp.sample_points)
