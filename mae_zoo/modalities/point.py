@@ -187,14 +187,17 @@ class PointCMAE(PointMAE):
     decoders (own mask token, position MLP, blocks and head), Chamfer on both branches, plus a
     contrastive term between the two decoders' features at the groups hidden in *both* views.
 
-    Mirrored from the official code: the reconstruction terms weighted by ``recon_weight`` (1000)
-    each; the contrastive term is ``1 - cos`` between L2-normalised decoder features of branch 1 and
-    branch 2; the features are each decoder's output after its final norm (our choice: the
-    reference does not say which layer). ``contrast="matrix"`` mirrors the official choice
-    (section 4 of the method reference): the full G x G cosine matrix, ``1 - cos`` averaged over *all* columns of
-    the co-hidden rows; ``"matched"`` uses only the same position in both views (what the paper's
-    text describes). Not mirrored: the per-branch cls tokens (no cls token is trained here: the
-    pre-training loss never reads it)."""
+    Mirrored from the official code (Amazingren/Point-CMAE ``models/Point_CMAE.py``, read for this):
+    two independent ``int(0.6 G)`` random masks; two decoders with their own mask tokens, position
+    MLPs and heads; the reconstruction terms summed and weighted by ``recon_weight`` (1000, the
+    runner's factor); the decoder features put back in position order, L2-normalised, the full G x G
+    cosine matrix between view 1 and view 2, and ``1 - cos`` averaged over *all* columns of the rows
+    hidden in both views (``contrast="matrix"``; ``"matched"`` uses only the same position, what the
+    paper's text suggests). Our choices: the features are each decoder's output after its final norm
+    (the official ``de_feats`` come from its ``models/transformers.py``, not read here); the official
+    per-branch cls tokens (and their projection, which no loss reads) are left out, so the encoder
+    attends over the visible groups only, as Point-MAE's; the mini-PointNet runs once per view (the
+    official embeds once; same values, BatchNorm sees the same batch)."""
 
     def __init__(
         self,
