@@ -209,3 +209,10 @@ def test_svm_and_fewshot_on_a_point_checkpoint(tmp_path):
             key = "eval_svm/top1" if ev == "linear_svm" else "eval_fewshot/top1_mean"
             assert 0 <= metrics[key] <= 100
     assert json.loads((tmp_path / "fewshot_d2" / "metrics.json").read_text())["eval_fewshot/features"] == "d2"
+    cfg = compose_cfg(
+        [f"ckpt={ckpt}", "eval=point_finetune", "eval.epochs=1", "eval.warmup_epochs=0", "debug=smoke"],
+        tmp_path / "ft",
+        config_name="eval",
+    )
+    metrics = evaluate(cfg)
+    assert metrics["eval_finetune/mode"] == "point" and metrics["eval_finetune/steps"] >= 1

@@ -8,6 +8,8 @@
   splits: per trial N random classes, K random train samples per class as support, ``queries``
   random test samples per class as queries); a linear SVM on the frozen support features (the
   official protocol fine-tunes the whole model instead). Mean and std of the trial accuracies.
+- ``PointFineTune`` (``eval=point_finetune``): the official fine-tuning model and head
+  (:class:`PointClassifier`) in the shared fine-tuning loop.
 
 ``features``: ``embed`` (the encoder) or ``d2`` (the D2 shape distribution of Osada et al.: a
 normalised histogram of distances between point pairs, the no-learning baseline).
@@ -15,6 +17,7 @@ normalised histogram of distances between point pairs, the no-learning baseline)
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import torch
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.evaluation.base import EvalData, Evaluator, autocast, resolve_runtime, to_device
+from mae_zoo.evaluation.finetune import FineTune, layer_decay_param_groups, set_drop_path
 
 POINT_FEATURES = ("embed", "d2")
 
@@ -193,3 +197,66 @@ class FewShot(_PointEvaluator):
             out[f"{p}/{tag}per_trial"] = accs
         out[f"{p}/wall_s"] = round(time.perf_counter() - start, 2)
         return out
+
+
+# --------------------------------------------------------------------------------------- fine-tuning
+class PointClassifier(torch.nn.Module):
+    """Point-MAE's fine-tuning model (official ``PointTransformer``): a copy of the pre-trained
+    tokenizer and encoder, a learnable cls token and cls position prepended (the centre MLP gives
+    the groups' positions, re-added before every block), final norm, then the official head on
+    ``concat(cls, max-pool of the group tokens)``: Linear 2D->256, BN, ReLU, dropout 0.5, Linear
+    256->256, BN, ReLU, dropout 0.5, Linear 256->classes. Every group is seen (no mask)."""
+
+    def __init__(self, model: MaskedAutoencoder, num_classes: int, drop_path: float = 0.1) -> None:
+        from mae_zoo.modalities.point import PointMAE
+
+        super().__init__()
+        if not isinstance(model, PointMAE):
+            raise ConfigError(f"eval=point_finetune needs a point model, got {type(model).__name__}")
+        self.tokenize, self.groups = model.tokenize, model.groups  # bound methods: no parameters
+        self.encoder = copy.deepcopy(model.encoder)
+        set_drop_path(self.encoder.blocks, drop_path)
+        dim = self.encoder.dim
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_pos = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        torch.nn.init.trunc_normal_(self.cls_token, std=0.02)
+        torch.nn.init.trunc_normal_(self.cls_pos, std=0.02)
+        nn = torch.nn
+        self.cls_head_finetune = nn.Sequential(
+            nn.Linear(2 * dim, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(256, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(256, num_classes),
+        )
+        self.depth = len(self.encoder.blocks)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        tokens = self.tokenize(batch)
+        x = self.encoder.encoder(self.groups(tokens))
+        pos = self.encoder.pos_embed(tokens.layout.extra["centers"].to(x.dtype))
+        b = x.shape[0]
+        x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
+        pos = torch.cat([self.cls_pos.expand(b, -1, -1), pos], dim=1)
+        x, _ = self.encoder.forward_pos(x, pos)
+        return self.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1))
+
+
+class PointFineTune(FineTune):
+    """``eval=point_finetune``: the generic fine-tuning loop (AdamW, warmup + cosine, gradient clipping)
+    with :class:`PointClassifier`; the official recipe is the YAML's default (no layer decay, no label
+    smoothing, lr 5e-4 unscaled, wd 0.05, clip 10, drop path 0.1)."""
+
+    def check(self, model: MaskedAutoencoder, datamodule: EvalData) -> None:
+        from mae_zoo.modalities.point import PointMAE
+
+        if not isinstance(model, PointMAE):
+            raise ConfigError(f"eval=point_finetune is a point-cloud protocol; the model is {type(model).__name__}")
+
+    def build(self, model: MaskedAutoencoder, num_classes: int, sample: Any) -> tuple[Any, list[dict], str]:
+        net = PointClassifier(model, num_classes, self.drop_path)
+        return net, layer_decay_param_groups(net, self.weight_decay, self.layer_decay, net.depth), "point"
