@@ -39,6 +39,11 @@ done
 ev shapes_svm_d2 eval=linear_svm eval.features=d2 "${SHAPES[@]}"
 ev shapes_fewshot_d2 eval=fewshot eval.features=d2 "$FEWSHOT" "${SHAPES[@]}"
 
+# Fine-tuning on the meshes (official model and head), 10 epochs (the official recipe runs 300: CPU budget).
+for src in pretrained random; do
+  ev meshes_finetune_$src init=$src eval=point_finetune eval.epochs=10 eval.warmup_epochs=1 "${MESH[@]}"
+done
+
 cp $RUN/metrics.json "$OUT/pretrain_metrics.json"
 cp $RUN/config.yaml experiments/pointmae_meshes/config.yaml
 cp $RUN/pictures/recon_val_final_*.png experiments/pointmae_meshes/ 2>/dev/null || true
