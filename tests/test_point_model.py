@@ -197,17 +197,16 @@ def test_svm_and_fewshot_on_a_point_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(compose_cfg([*TINY, "callbacks.model_checkpoint.every_n_train_steps=4"], run))
     ckpt = run / "checkpoints" / "last.ckpt"
-    for ev in ("linear_svm", "fewshot"):
-        for features in ("embed", "d2"):
-            cfg = compose_cfg(
-                [f"ckpt={ckpt}", f"eval={ev}", f"eval.features={features}", "print_config=false"]
-                + (["eval.way=3", "eval.shot=2", "eval.queries=5", "eval.trials=3"] if ev == "fewshot" else []),
-                tmp_path / f"{ev}_{features}",
-                config_name="eval",
-            )
-            metrics = evaluate(cfg)
-            key = "eval_svm/top1" if ev == "linear_svm" else "eval_fewshot/top1_mean"
-            assert 0 <= metrics[key] <= 100
+    for ev, features in (("linear_svm", "embed"), ("fewshot", "d2")):  # both protocols, both feature kinds
+        cfg = compose_cfg(
+            [f"ckpt={ckpt}", f"eval={ev}", f"eval.features={features}", "print_config=false"]
+            + (["eval.way=3", "eval.shot=2", "eval.queries=5", "eval.trials=3"] if ev == "fewshot" else []),
+            tmp_path / f"{ev}_{features}",
+            config_name="eval",
+        )
+        metrics = evaluate(cfg)
+        key = "eval_svm/top1" if ev == "linear_svm" else "eval_fewshot/top1_mean"
+        assert 0 <= metrics[key] <= 100
     assert json.loads((tmp_path / "fewshot_d2" / "metrics.json").read_text())["eval_fewshot/features"] == "d2"
     cfg = compose_cfg(
         [f"ckpt={ckpt}", "eval=point_finetune", "eval.epochs=1", "eval.warmup_epochs=0", "debug=smoke"],
