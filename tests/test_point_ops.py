@@ -8,7 +8,7 @@ import torch
 from mae_zoo.nets.point_ops import chamfer_l1, chamfer_l2, farthest_point_sample, gather_points, group_points, knn_group
 
 
-def _fps_loop(points: torch.Tensor, m: int, start: int = 0) -> list[int]:
+def _fps_loop(points: torch.Tensor, m: int, start: int = 0, skip_origin: bool = False) -> list[int]:
     """FPS as the pointnet2 CUDA kernel describes it, one cloud, plain Python floats."""
     pts = points.tolist()
     chosen = [start]
@@ -17,6 +17,8 @@ def _fps_loop(points: torch.Tensor, m: int, start: int = 0) -> list[int]:
         c = pts[chosen[-1]]
         best, best_i = -1.0, -1
         for i, p in enumerate(pts):
+            if skip_origin and p[0] ** 2 + p[1] ** 2 + p[2] ** 2 <= 1e-3:
+                continue  # the kernel's `if (mag <= 1e-3) continue;`
             d = (p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2 + (p[2] - c[2]) ** 2
             nearest[i] = min(nearest[i], d)
             if nearest[i] > best:
@@ -33,6 +35,17 @@ def test_fps_matches_brute_force_loop():
     for b in range(3):
         assert index[b].tolist() == _fps_loop(points[b], 24)
     assert (index[:, 0] == 0).all()  # deterministic start at point 0, as pointnet2_ops
+
+
+def test_fps_skip_origin_mirrors_the_cuda_kernel():
+    g = torch.Generator().manual_seed(7)
+    points = torch.rand(2, 120, 3, generator=g, dtype=torch.float64) * 0.2 - 0.1  # many points near the origin
+    index = farthest_point_sample(points, 100, skip_origin=True)
+    for b in range(2):
+        assert index[b].tolist() == _fps_loop(points[b], 100, skip_origin=True)
+        near = (points[b].pow(2).sum(-1) <= 1e-3).nonzero().flatten().tolist()
+        assert near and not set(index[b, 1:].tolist()) & set(near)
+    assert not torch.equal(index, farthest_point_sample(points, 100))  # it matters here
 
 
 def test_fps_random_start_is_seeded_and_spreads():

@@ -38,6 +38,7 @@ POOLS = ("max_mean", "max", "mean")
 class PointMAE(MaskedAutoencoder):
     """``encoder``/``decoder``: size dicts (``conf/model/pointmae*.yaml``); ``num_groups`` centres of
     ``group_size`` points; ``fps_random_start``: FPS from a random point instead of point 0;
+    ``fps_skip_origin``: mirror pointnet2_ops' skipping of points within ``|p|^2 <= 1e-3`` of the origin;
     ``embed_pool``: features for probes, ``max_mean`` (max- and mean-pooled tokens concatenated, the
     Point-M2AE SVM protocol), ``max`` or ``mean``."""
 
@@ -54,11 +55,12 @@ class PointMAE(MaskedAutoencoder):
         group_size: int = 32,
         fps_random_start: bool = False,
         embed_pool: str = "max_mean",
+        fps_skip_origin: bool = False,
         **shared: Any,
     ) -> None:
         super().__init__(**shared)
         self.num_groups, self.group_size = int(num_groups), int(group_size)
-        self.fps_random_start = bool(fps_random_start)
+        self.fps_random_start, self.fps_skip_origin = bool(fps_random_start), bool(fps_skip_origin)
         self.embed_pool = self.check_embed_pool(embed_pool)
         self.set_layout(Layout("points", shape=(self.num_groups,)))
         dim = int(encoder["embed_dim"])
@@ -88,7 +90,9 @@ class PointMAE(MaskedAutoencoder):
             raise ValueError(
                 f"clouds of {points.shape[1]} points cannot give {self.num_groups} groups of {self.group_size}"
             )
-        groups, centers = group_points(points.float(), self.num_groups, self.group_size, self.fps_random_start)
+        groups, centers = group_points(
+            points.float(), self.num_groups, self.group_size, self.fps_random_start, skip_origin=self.fps_skip_origin
+        )
         flat = groups.flatten(2)
         layout = Layout("points", shape=(self.num_groups,), extra={"centers": centers})
         return Tokens(inputs=flat, target=flat, layout=layout)

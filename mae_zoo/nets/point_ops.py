@@ -28,7 +28,11 @@ def gather_points(points: Tensor, index: Tensor) -> Tensor:
 
 @torch.no_grad()
 def farthest_point_sample(
-    points: Tensor, num_samples: int, random_start: bool = False, generator: torch.Generator | None = None
+    points: Tensor,
+    num_samples: int,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+    skip_origin: bool = False,
 ) -> Tensor:
     """Indices (B, num_samples) of farthest-point samples of ``points`` (B, N, 3).
 
@@ -36,6 +40,11 @@ def farthest_point_sample(
     uniformly random point per cloud with ``random_start`` (drawn from ``generator``). Each next
     sample is the point whose squared distance to the chosen set is largest (first index on ties).
     Distances are computed in float32 whatever the input dtype.
+
+    ``skip_origin``: mirror a quirk of pointnet2_ops' CUDA kernel, which skips every point with
+    ``|p|^2 <= 1e-3`` when it looks for the farthest one (``if (mag <= 1e-3) continue;``), so such a
+    point is never chosen after the first; on centred unit-sphere clouds that is a ball of radius
+    0.032 around the centroid. Off by default (textbook FPS).
     """
     b, n, _ = points.shape
     if not 0 < num_samples <= n:
@@ -48,11 +57,12 @@ def farthest_point_sample(
         farthest = torch.zeros(b, dtype=torch.long, device=points.device)
     nearest = torch.full((b, n), float("inf"), device=points.device)
     rows = torch.arange(b, device=points.device)
+    skipped = xyz.pow(2).sum(-1) <= 1e-3 if skip_origin else None
     for i in range(num_samples):
         index[:, i] = farthest
         centre = xyz[rows, farthest]  # (B, 3)
         nearest = torch.minimum(nearest, (xyz - centre[:, None]).pow(2).sum(-1))
-        farthest = nearest.argmax(dim=1)
+        farthest = (nearest if skipped is None else nearest.masked_fill(skipped, -1.0)).argmax(dim=1)
     return index
 
 
@@ -88,9 +98,10 @@ def group_points(
     group_size: int,
     random_start: bool = False,
     generator: torch.Generator | None = None,
+    skip_origin: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """FPS ``num_groups`` centres of ``points`` (B, N, 3), then :func:`knn_group`: (groups, centres)."""
-    centers = gather_points(points, farthest_point_sample(points, num_groups, random_start, generator))
+    centers = gather_points(points, farthest_point_sample(points, num_groups, random_start, generator, skip_origin))
     groups, _ = knn_group(points, centers, group_size)
     return groups, centers
 
