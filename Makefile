@@ -88,3 +88,11 @@ bench-graph: install
 
 clean:
 	rm -rf runs multirun outputs .pytest_cache
+
+# Point clouds (issue 15): the experiments/pointmae_meshes record (<= 14 min pre-training + 12 evaluations).
+.PHONY: record-pointmae-meshes bench-point
+record-pointmae-meshes: install
+	PYTHON=$(PY) bash experiments/pointmae_meshes/run.sh
+
+bench-point: install
+	PYTHONPATH=. $(PY) bench/point_speed.py $(ARGS)

@@ -67,6 +67,8 @@ def load(
                     f"{sorted(given)} apply to foreign checkpoints; {path} records its own hyperparameters"
                 )
             model, info = _load_mae_zoo(checkpoint, strict), LoadInfo(str(path), "mae_zoo")
+        elif _is_state_dict(checkpoint.get("base_model")):  # an official Point-MAE checkpoint
+            model, info = _load_official_point(checkpoint, path, num_heads)
         elif _is_state_dict(checkpoint.get("model")) and _is_official_video(checkpoint["model"]):
             model, info = _load_official_video(checkpoint, path, **overrides)
         elif _is_state_dict(checkpoint.get("model")):
@@ -121,6 +123,21 @@ def _load_official(checkpoint: Mapping[str, Any], path: Path, **overrides: Any) 
     elif overrides.get("num_heads") is None or overrides.get("decoder_num_heads") is None:
         warnings.warn(f"{path}: official MAE checkpoint; chosen: {given}", UserWarning, stacklevel=3)
     return result.model, info
+
+
+def _load_official_point(
+    checkpoint: Mapping[str, Any], path: Path, num_heads: int | None
+) -> tuple[MaskedAutoencoder, LoadInfo]:
+    """An official Point-MAE pre-training checkpoint (see ``weights/official_pointmae.py``)."""
+    from mae_zoo.weights.official_pointmae import is_official_pointmae, load_official_pointmae
+
+    if not is_official_pointmae(checkpoint["base_model"]):
+        raise ConfigError(f"{path}: its 'base_model' is not an official Point-MAE pre-training state dict")
+    result = load_official_pointmae(checkpoint["base_model"], num_heads=num_heads)
+    warnings.warn(
+        f"{path}: official Point-MAE checkpoint; chosen: {'; '.join(result.choices)}", UserWarning, stacklevel=3
+    )
+    return result.model, LoadInfo(str(path), "official_pointmae", "pretrain", choices=result.choices)
 
 
 def _is_official_video(state_dict: Mapping[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from mae_zoo.masks.base import MaskConfigError, MaskGenerator, MaskLayoutError, mask_from_scores
 from mae_zoo.masks.block import BlockMask
 from mae_zoo.masks.colored_noise import ColoredNoiseMask
+from mae_zoo.masks.point_block import PointBlockMask
 from mae_zoo.masks.random import RandomMask
 from mae_zoo.masks.simmim import SimMIMMask
 from mae_zoo.masks.tube import TubeMask
@@ -13,6 +14,7 @@ __all__ = [
     "MaskConfigError",
     "MaskGenerator",
     "MaskLayoutError",
+    "PointBlockMask",
     "RandomMask",
     "SimMIMMask",
     "TubeMask",
