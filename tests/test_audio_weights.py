@@ -103,3 +103,25 @@ def test_unknown_official_keys_are_refused(tmp_path):
     torch.save({"model": sd}, path)
     with pytest.raises(KeyError, match="head.weight"):
         mae_zoo.load(path, num_heads=4)
+
+
+def test_export_writes_the_encoder_as_a_timm_vit_on_the_spectrogram_grid(tmp_path):
+    from mae_zoo.export import export
+    from mae_zoo.weights.timm_export import load_timm
+    from tests.conftest import compose_cfg
+
+    src = _model("local")
+    path = tmp_path / "pretrained.pth"
+    torch.save({"model": official_state_dict(src, with_buffers=False)}, path)
+    out = tmp_path / "export"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manifest = export(compose_cfg([f"ckpt={path}", "format=timm", "num_heads=4"], out, config_name="export"))
+    assert sorted(manifest["files"]) == ["model.json", "model.safetensors"]
+    vit = load_timm(out).eval()
+    assert tuple(vit.patch_embed.img_size) == (256, 128)
+    spec = torch.randn(2, 1, 256, 128)
+    with torch.no_grad():
+        ours = src.encoder(src.tokenize(spec).inputs).latent
+        theirs = vit.forward_features(spec)
+    assert torch.allclose(ours, theirs, atol=1e-5)
