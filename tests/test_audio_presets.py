@@ -96,3 +96,23 @@ def test_evaluators_run_on_an_audio_checkpoint(name, extra, audio_ckpt_with_call
     assert 0 <= metrics[f"eval_{name}/top1"] <= 100
     if "eval.features=pixels" in extra:
         assert metrics["eval_knn/feature_dim"] == 128 * 128  # the log-mel map itself
+
+
+def test_multi_label_linear_probe_uses_bce_and_reports_map():
+    from mae_zoo.evaluation.base import accuracy_metrics
+    from mae_zoo.evaluation.linear import train_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 16, generator=g)
+    w = torch.randn(16, 5, generator=g)
+    y = (x @ w > 0.5).long()  # multi-hot: several labels per sample, linearly decodable
+    assert (y.sum(1) > 1).any()
+    _, metrics = train_linear_probe(
+        x[:400], y[:400], x[400:], y[400:], 5, epochs=30, batch_size=64, optimizer="adamw", lr=1e-2
+    )
+    assert "eval_linear/top1" not in metrics and metrics["eval_linear/mAP"] > 90
+    assert metrics["eval_linear/train_mAP"] > 90
+    shuffled = y[400:][torch.randperm(200, generator=g)]
+    assert accuracy_metrics("p", x[400:] @ w, shuffled, 5)["p/mAP"] < 70  # chance level is far below
+    perfect = accuracy_metrics("p", y[400:].float(), y[400:], 5)["p/mAP"]
+    assert perfect == pytest.approx(100.0)
