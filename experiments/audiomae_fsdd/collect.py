@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SPLITS = ("standard", "speaker")
-EVALS = ("linear", "knn", "prototype")
+EVALS = ("linear", "linadamw", "knn", "prototype")  # linadamw: the linear probe trained with AdamW
 TAGS = ("pretrained", "random_init", "logmel")
 
 
@@ -35,14 +35,16 @@ def main(source: Path) -> None:
                 if not (folder / "metrics.json").is_file():
                     continue
                 m = json.loads((folder / "metrics.json").read_text())
+                prefix = "linear" if ev == "linadamw" else ev
                 dest = HERE / "eval" / folder.name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy(folder / "metrics.json", dest / "metrics.json")
                 shutil.copy(folder / "config.yaml", dest / "config.yaml")
                 results["probes"].setdefault(split, {}).setdefault(ev, {})[tag] = {
-                    "top1": m[f"eval_{ev}/top1"],
-                    "num_train": m.get(f"eval_{ev}/num_train"),
-                    "num_val": m.get(f"eval_{ev}/num_val"),
+                    "top1": m[f"eval_{prefix}/top1"],
+                    "train_top1": m.get(f"eval_{prefix}/train_top1"),
+                    "num_train": m.get(f"eval_{prefix}/num_train"),
+                    "num_val": m.get(f"eval_{prefix}/num_val"),
                 }
     walls = source / "wall_times.tsv"
     if walls.is_file():
