@@ -84,6 +84,7 @@ def audio_ckpt_with_callbacks(tmp_path_factory) -> Path:
         ("knn", ["eval.k=5"]),
         ("knn", ["eval.features=pixels", "eval.k=5"]),  # the raw log-mel baseline
         ("prototype", ["eval.prototypes_per_class=2"]),
+        ("finetune", ["eval.log_every_n_steps=0"]),
     ],
 )
 def test_evaluators_run_on_an_audio_checkpoint(name, extra, audio_ckpt_with_callbacks, tmp_path):
