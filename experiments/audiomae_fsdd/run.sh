@@ -20,8 +20,10 @@ probe() {  # split, eval option, tag, extra overrides...
   # Features are extracted once per encoder and split (the cache key holds the weights and the data
   # settings) and shared by the linear and kNN probes.
   local split=$1 ev=$2 tag=$3; shift 3
+  local cache=(eval.feature_cache="$OUT/feature_cache")
+  [ "$ev" = prototype ] && cache=()  # the prototype probe caches its token maps in memory only
   step "eval_${ev}_${split}_${tag}" nice -n 10 "$PY" -m mae_zoo.eval ckpt="$OUT/pretrain/checkpoints/last.ckpt" \
-    eval="$ev" print_config=false eval.device=cpu eval.feature_cache="$OUT/feature_cache" \
+    eval="$ev" print_config=false eval.device=cpu "${cache[@]}" \
     +data_overrides.split="$split" +data_overrides.num_workers=1 "$@" \
     hydra.run.dir="$OUT/eval_${ev}_${split}_${tag}"
 }
@@ -38,8 +40,6 @@ for split in standard speaker; do
   probe "$split" knn pretrained
   probe "$split" knn random_init init=random
   probe "$split" knn logmel eval.features=pixels
-  probe "$split" prototype pretrained eval.epochs=30
-  probe "$split" prototype random_init init=random eval.epochs=30
 done
 # A second linear protocol, added after the first results: the LARS probe above (MAE's) under-fits these
 # features (24% train top-1 for the pre-trained encoder, where a plain logistic regression fits 66%), so
@@ -56,4 +56,9 @@ for split in standard speaker; do
       +data_overrides.split="$split" +data_overrides.num_workers=1 "${ADAMW[@]}" "${extra[@]}" \
       hydra.run.dir="$OUT/eval_linadamw_${split}_${tag}"
   done
+done
+# Prototype probes (Bird-MAE) last: they extract the token maps again (no disk cache).
+for split in standard speaker; do
+  probe "$split" prototype pretrained
+  probe "$split" prototype random_init init=random
 done
