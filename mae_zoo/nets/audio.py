@@ -10,7 +10,6 @@ windows shifted by (2, 0) (time only); final norm and a linear head to the patch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -45,7 +44,6 @@ class LocalDecoder(MAEDecoder):
         qkv_bias: bool = True,
         drop_path: float = 0.0,
         norm_eps: float = 1e-6,
-        **unused: Any,
     ) -> None:
         super().__init__(
             encoder_dim,
