@@ -56,7 +56,6 @@ def test_audio_presets_compose_with_the_paper_recipe(experiment, checks, tmp_pat
         ("audiomae_as2m", ["data=audio_tones", "data.clip_seconds=10.24", "data.target_length=1024"]),
     ],
 )
-@pytest.mark.slow  # 25-80 s on 2 busy cores: the presets' recipes at micro size, with the end-of-run prototype probe
 def test_audio_presets_smoke_run(experiment, extra, tmp_path):
     overrides = [f"experiment={experiment}", *extra, *TINY_DATA, *SMOKE, "model=audiomae_micro"]
     if experiment == "audiomae_as2m":
@@ -85,7 +84,7 @@ def audio_ckpt_with_callbacks(tmp_path_factory) -> Path:
         ("knn", ["eval.k=5"]),
         ("knn", ["eval.features=pixels", "eval.k=5"]),  # the raw log-mel baseline
         ("prototype", ["eval.prototypes_per_class=2"]),
-        pytest.param("finetune", ["eval.log_every_n_steps=0"], marks=pytest.mark.slow),
+        ("finetune", ["eval.log_every_n_steps=0"]),
     ],
 )
 def test_evaluators_run_on_an_audio_checkpoint(name, extra, audio_ckpt_with_callbacks, tmp_path):
