@@ -17,11 +17,13 @@ TAGS = ("pretrained", "random_init", "logmel")
 
 
 def main(source: Path) -> None:
+    here = HERE if source.name == "audiomae_fsdd" else HERE / "long"  # run_long.sh's runs go to long/
+    here.mkdir(exist_ok=True)
     results: dict = {"pretrain": {}, "probes": {}, "wall_s": {}}
     pre = source / "pretrain"
     metrics = json.loads((pre / "metrics.json").read_text())
     results["pretrain"] = metrics
-    out = HERE / "pretrain"
+    out = here / "pretrain"
     out.mkdir(exist_ok=True)
     for name in ("metrics.json", "config.yaml", "git_revision.txt"):
         shutil.copy(pre / name, out / name)
@@ -36,7 +38,7 @@ def main(source: Path) -> None:
                     continue
                 m = json.loads((folder / "metrics.json").read_text())
                 prefix = "linear" if ev == "linadamw" else ev
-                dest = HERE / "eval" / folder.name
+                dest = here / "eval" / folder.name
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy(folder / "metrics.json", dest / "metrics.json")
                 shutil.copy(folder / "config.yaml", dest / "config.yaml")
@@ -48,11 +50,11 @@ def main(source: Path) -> None:
                 }
     walls = source / "wall_times.tsv"
     if walls.is_file():
-        shutil.copy(walls, HERE / "wall_times.tsv")
+        shutil.copy(walls, here / "wall_times.tsv")
         for line in walls.read_text().splitlines():
             tag, seconds = line.split("\t")
             results["wall_s"][tag] = int(seconds)
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (here / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for split, table in results["probes"].items():
         for ev, row in table.items():
             print(split, ev, {k: round(v["top1"], 1) for k, v in row.items()})

@@ -55,7 +55,8 @@ def main(source: Path) -> None:
         _, _, split, tag = path.parent.name.split("_", 3)
         recorded[(split, tag)] = json.loads(path.read_text())["eval_knn/top1"]
     out: dict = {}
-    previous = json.loads((HERE / "logreg.json").read_text()) if (HERE / "logreg.json").is_file() else {}
+    target = HERE / ("logreg.json" if source.name == "audiomae_fsdd" else f"logreg_{source.name}.json")
+    previous = json.loads(target.read_text()) if target.is_file() else {}
     for cache in sorted((source / "feature_cache").glob("features_*.pt")):
         d = torch.load(cache, weights_only=True)
         x, y, vx, vy = d["train_x"].float(), d["train_y"].long(), d["val_x"].float(), d["val_y"].long()
@@ -83,7 +84,7 @@ def main(source: Path) -> None:
         else:
             out[key] = {"cache": cache.name, **logreg(x, y, vx, vy)}
         print(name, out[key])
-    (HERE / "logreg.json").write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    target.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
