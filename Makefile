@@ -96,3 +96,10 @@ record-pointmae-meshes: install
 
 bench-point: install
 	PYTHONPATH=. $(PY) bench/point_speed.py $(ARGS)
+
+.PHONY: record-audiomae-fsdd bench-audio
+record-audiomae-fsdd: install  ## the experiments/audiomae_fsdd record (about 15 min pre-training + probes)
+	PY=$(PY) bash experiments/audiomae_fsdd/run.sh && $(PY) experiments/audiomae_fsdd/collect.py
+
+bench-audio: install  ## audio loader clips/s against the Audio-MAE step (bench/audio_loader.py)
+	$(PY) bench/audio_loader.py $(ARGS)

@@ -71,6 +71,8 @@ def load(
             model, info = _load_official_point(checkpoint, path, num_heads)
         elif _is_state_dict(checkpoint.get("model")) and _is_official_video(checkpoint["model"]):
             model, info = _load_official_video(checkpoint, path, **overrides)
+        elif _is_state_dict(checkpoint.get("model")) and _is_official_audio(checkpoint["model"]):
+            model, info = _load_official_audio(checkpoint, path, **overrides)
         elif _is_state_dict(checkpoint.get("model")):
             model, info = _load_official(checkpoint, path, **overrides)
         else:
@@ -144,6 +146,25 @@ def _is_official_video(state_dict: Mapping[str, Any]) -> bool:
     from mae_zoo.weights.official_videomae import is_official_videomae
 
     return is_official_videomae(state_dict)
+
+
+def _is_official_audio(state_dict: Mapping[str, Any]) -> bool:
+    from mae_zoo.weights.official_audiomae import is_official_audiomae
+
+    return is_official_audiomae(state_dict)
+
+
+def _load_official_audio(
+    checkpoint: Mapping[str, Any], path: Path, **overrides: Any
+) -> tuple[MaskedAutoencoder, LoadInfo]:
+    """An official Audio-MAE pre-training checkpoint (see ``weights/official_audiomae.py``)."""
+    from mae_zoo.weights.official_audiomae import load_official_audiomae
+
+    result = load_official_audiomae(checkpoint["model"], args=checkpoint.get("args"), **overrides)
+    warnings.warn(
+        f"{path}: official Audio-MAE checkpoint; chosen: {'; '.join(result.choices)}", UserWarning, stacklevel=3
+    )
+    return result.model, LoadInfo(str(path), "official_audiomae", "pretrain", choices=result.choices)
 
 
 def _load_official_video(

@@ -45,6 +45,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     if source.resolve() == run_dir.resolve():
         raise ConfigError(f"ckpt={source} is the export's own run folder")
+    from mae_zoo.modalities.audio import AudioMAE
     from mae_zoo.modalities.image import ImageMAE
     from mae_zoo.modalities.video import VideoMAE
 
@@ -55,9 +56,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     for note in notes:
         print(f"mae_zoo: warning: {note}", file=sys.stderr)
     kind = type(model).__name__
-    if kind not in ("ImageMAE", "VideoMAE") or (kind == "VideoMAE" and fmt != "hf"):
+    if kind == "AudioMAE" and fmt != "timm":  # the encoder is the image ViT on a (time, freq) grid
+        raise ConfigError(f"format={fmt} does not take Audio-MAE models; format=timm exports the encoder ({source})")
+    if kind not in ("ImageMAE", "VideoMAE", "AudioMAE") or (kind == "VideoMAE" and fmt != "hf"):
         raise ConfigError(f"format={fmt} exports image MAEs (and format=hf also VideoMAE); {source} holds a {kind}")
-    if not isinstance(model, (ImageMAE, VideoMAE)):  # pragma: no cover - the name check above admits no other
+    if not isinstance(model, (ImageMAE, VideoMAE, AudioMAE)):  # pragma: no cover - the name check above admits no other
         raise ConfigError(f"format={fmt} exports ImageMAE and VideoMAE; {source} holds a {kind}")
     write_run_records(cfg, run_dir)
     if cfg.get("print_config", False):
@@ -70,10 +73,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         elif fmt == "timm":
             from mae_zoo.weights.timm_export import export_timm
 
-            files = [p.name for p in export_timm(model, run_dir)]
+            files = [p.name for p in export_timm(model, run_dir)]  # type: ignore[arg-type]  # AudioMAE: same encoder
         else:
             from mae_zoo.weights.hf_vitmae import export_hf
 
+            assert isinstance(model, ImageMAE)  # AudioMAE exports to timm only (checked above)
             files = export_hf(model, run_dir)
     except ValueError as err:  # the model has a feature the target format cannot express
         raise ConfigError(f"cannot export {source} to {fmt}: {err}") from None

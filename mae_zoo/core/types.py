@@ -16,7 +16,7 @@ class Layout:
 
     ``kind`` names the family (``grid`` for image/video/spectrogram tokens, ``points`` for point
     groups, ``graph`` for nodes, ``seq`` for 1-D sequences); ``axes`` names the grid axes in
-    flattening order, e.g. ``("h", "w")`` for images, ``("t", "h", "w")`` for video, ``("f", "t")``
+    flattening order, e.g. ``("h", "w")`` for images, ``("t", "h", "w")`` for video, ``("t", "f")``
     for spectrograms; ``shape`` is the grid shape (same length as ``axes``). ``extra`` carries
     non-grid information (point centres, graph edge index) for the masks and encoders that need it.
     """

@@ -204,7 +204,13 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) 
 
 
 def accuracy_metrics(prefix: str, logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """``<prefix>/top1`` and, with at least 5 classes, ``<prefix>/top5`` in percent."""
+    """``<prefix>/top1`` and, with at least 5 classes, ``<prefix>/top5`` in percent; multi-label data
+    ((N, C) multi-hot labels): ``<prefix>/mAP`` instead (torchmetrics, macro over classes, percent)."""
+    if labels.dim() == 2:
+        from torchmetrics.functional.classification import multilabel_average_precision
+
+        ap = multilabel_average_precision(logits.float(), labels.long(), num_labels=labels.shape[1], average="macro")
+        return {f"{prefix}/mAP": 100.0 * float(ap)}
     ks = [1, 5] if num_classes >= 5 else [1]
     correct = topk_correct(logits, labels, ks)
     n = max(1, len(labels))
@@ -215,6 +221,8 @@ def num_classes_of(datamodule: EvalData, labels: torch.Tensor | None = None) -> 
     """The datamodule's ``num_classes`` if it knows it, else its train set's targets/labels, else the labels seen."""
     if datamodule.num_classes:
         return int(datamodule.num_classes)
+    if labels is not None and labels.dim() == 2:  # multi-hot labels
+        return int(labels.shape[1])
     dataset = datamodule.train_set
     # Datasets are torchvision's and ours, with no common base: ``targets`` (ImageFolder, MNIST,
     # VideoFiles) or ``labels`` (TensorImages) where the dataset keeps them, else nothing.

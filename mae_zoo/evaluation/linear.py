@@ -157,6 +157,7 @@ def _train_linear_probe(
     prefix: str,
 ) -> tuple[LinearHead, dict[str, float]]:
     device = train_x.device
+    multilabel = train_y.dim() == 2
     head = LinearHead(train_x.shape[1], num_classes).to(device)
     n = train_x.shape[0]
     batch_size = min(batch_size, n)
@@ -176,7 +177,10 @@ def _train_linear_probe(
             for group in opt.param_groups:
                 group["lr"] = lr * schedule(step)
             idx = order[i * batch_size : (i + 1) * batch_size]
-            loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
+            if multilabel:  # multi-hot labels (BirdSet / AudioSet lists): one sigmoid per class
+                loss = F.binary_cross_entropy_with_logits(head(train_x[idx]), train_y[idx].float())
+            else:
+                loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,8 +188,9 @@ def _train_linear_probe(
     head.eval()
     with torch.no_grad():
         metrics = accuracy_metrics(prefix, _logits(head, val_x), val_y, num_classes)
-        metrics[f"{prefix}/train_top1"] = accuracy_metrics(prefix, _logits(head, train_x), train_y, num_classes)[
-            f"{prefix}/top1"
+        score = "mAP" if multilabel else "top1"
+        metrics[f"{prefix}/train_{score}"] = accuracy_metrics(prefix, _logits(head, train_x), train_y, num_classes)[
+            f"{prefix}/{score}"
         ]
     metrics.update({f"{prefix}/final_train_loss": float(loss.detach()), f"{prefix}/lr": lr, f"{prefix}/steps": step})
     return head, metrics

@@ -20,7 +20,7 @@ class BlockMask(MaskGenerator):
     (never above), so it varies per sample.
     """
 
-    layouts = ("grid:h,w", "grid:f,t")
+    layouts = ("grid:h,w", "grid:t,f")
     exact_count = False
 
     def __init__(self, ratio: float = 0.4, min_block: int = 16, min_aspect: float = 0.3, max_attempts: int = 10):

@@ -195,6 +195,13 @@ class MAEDecoder(TransformerStack):
 
     def forward(self, encoded: Encoded, keep: Sequence[int] = ()) -> Decoded:
         """Predictions for every token, (B, L, out_dim); the prefix (cls) row is dropped."""
+        x = self.unshuffle(encoded) + self.decoder_pos_embed
+        x, hidden = self.forward_blocks(x, keep=keep)
+        return Decoded(self.decoder_pred(x[:, self.num_prefix :]), hidden)
+
+    def unshuffle(self, encoded: Encoded) -> Tensor:
+        """(B, prefix + L, embed_dim): the projected encoder rows back in position order, mask tokens
+        at the hidden positions (before the position table is added)."""
         x = self.decoder_embed(encoded.latent)
         prefix, tokens = x[:, : self.num_prefix], x[:, self.num_prefix :]
         visible = encoded.visible
@@ -206,9 +213,7 @@ class MAEDecoder(TransformerStack):
             fill = mask_token.expand(tokens.shape[0], num_tokens - tokens.shape[1], -1)
             tokens = torch.cat([tokens, fill], dim=1)
             tokens = torch.gather(tokens, 1, visible.ids_restore[..., None].expand(-1, -1, tokens.shape[-1]))
-        x = torch.cat([prefix, tokens], dim=1) + self.decoder_pos_embed
-        x, hidden = self.forward_blocks(x, keep=keep)
-        return Decoded(self.decoder_pred(x[:, self.num_prefix :]), hidden)
+        return torch.cat([prefix, tokens], dim=1)
 
 
 def attention_weights(block: nn.Module, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -56,10 +56,9 @@ def timm_spec(model: ImageMAE) -> dict[str, Any]:
     if shape["eps"] != TIMM_NORM_EPS:
         raise ValueError(f"encoder LayerNorm eps is {shape['eps']}; timm's ViT uses {TIMM_NORM_EPS}")
     grid_h, grid_w = model.grid
-    if grid_h != grid_w:
-        raise ValueError(f"timm export here needs a square grid, got {model.grid}")
     patch, dim = model.patch_size, shape["dim"]
-    img_size = grid_h * patch
+    # A rectangular grid (an AudioMAE spectrogram, (time, freq)) exports with img_size = (rows, cols).
+    img_size: int | tuple[int, int] = grid_h * patch if grid_h == grid_w else (grid_h * patch, grid_w * patch)
     mlp_ratio = shape["intermediate"] / dim
     if int(dim * mlp_ratio) != shape["intermediate"]:
         raise ValueError(f"MLP width {shape['intermediate']} is not int({dim} * mlp_ratio)")
