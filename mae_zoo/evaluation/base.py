@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,18 @@ from mae_zoo.core.module import MaskedAutoencoder
 from mae_zoo.data.base import MAEDataModule
 from mae_zoo.utils.runtime import resolve_precision
 
-FEATURES = ("embed", "pixels")
+RawFeatures = Mapping[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def flat_pixels(inputs: torch.Tensor) -> torch.Tensor:
+    """(B, D) the model input as the datamodule gives it (normalised), flattened."""
+    return inputs.flatten(1)
+
+
+RAW_FEATURES: RawFeatures = {"pixels": flat_pixels}
+"""No-learning baselines by name: a function of the batch's model input."""
+
+FEATURES = ("embed", *RAW_FEATURES)
 
 
 class Evaluator(ABC):
@@ -68,23 +79,24 @@ def extract_features(
     precision: str = "32-true",
     features: str = "embed",
     block: int | None = None,
+    raw_features: RawFeatures = RAW_FEATURES,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) float32 features and (N,) labels over a loader of (input, label) batches.
 
     ``features="embed"``: ``model.embed`` (the frozen encoder; ``block``: pooled from that encoder
-    block's hidden state instead of the output); ``"pixels"``: the flattened model input as the
-    datamodule gives it (normalised), the baseline that needs no encoder at all.
+    block's hidden state instead of the output); any name in ``raw_features``: that function of the
+    model input, a baseline that needs no encoder at all (default: ``"pixels"``, the flattened input).
     """
-    if features not in FEATURES:
-        raise ConfigError(f"features must be one of {list(FEATURES)}, got '{features}'")
+    if features != "embed" and features not in raw_features:
+        raise ConfigError(f"eval.features must be one of {['embed', *raw_features]}, got '{features}'")
     model = model.to(device).eval()
     feats, labels = [], []
     for batch in loader:
         if batch is None:  # every file of the batch was unreadable (counted by the datamodule)
             continue
         batch = to_device(batch, device)
-        if features == "pixels":
-            feats.append(MaskedAutoencoder.batch_inputs(batch).flatten(1).float().cpu())
+        if features in raw_features:
+            feats.append(raw_features[features](MaskedAutoencoder.batch_inputs(batch)).float().cpu())
         else:
             with autocast(precision, device):
                 feats.append(model.embed(batch, block).float().cpu())

@@ -27,10 +27,8 @@ import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import MaskedAutoencoder
-from mae_zoo.evaluation.base import EvalData, Evaluator, autocast, resolve_runtime, to_device
+from mae_zoo.evaluation.base import EvalData, Evaluator, RawFeatures, extract_features, resolve_runtime
 from mae_zoo.evaluation.finetune import FineTune, layer_decay_param_groups, set_drop_path
-
-POINT_FEATURES = ("embed", "d2")
 
 
 def d2_histogram(points: torch.Tensor, bins: int = 64, max_points: int = 512, max_dist: float = 2.0) -> torch.Tensor:
@@ -45,28 +43,8 @@ def d2_histogram(points: torch.Tensor, bins: int = 64, max_points: int = 512, ma
     return hist / hist.sum(dim=1, keepdim=True)
 
 
-@torch.no_grad()
-def point_features(
-    model: MaskedAutoencoder, loader: Any, features: str, device: torch.device, precision: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) features and (N,) labels of a loader of (points, label) batches."""
-    if features not in POINT_FEATURES:
-        raise ConfigError(f"eval.features must be one of {list(POINT_FEATURES)}, got '{features}'")
-    model = model.to(device).eval()
-    feats, labels = [], []
-    for batch in loader:
-        if batch is None:  # every file of the batch was unreadable (counted by the datamodule)
-            continue
-        batch = to_device(batch, device)
-        if features == "d2":
-            feats.append(d2_histogram(MaskedAutoencoder.batch_inputs(batch)).cpu())
-        else:
-            with autocast(precision, device):
-                feats.append(model.embed(batch).float().cpu())
-        labels.append(torch.as_tensor(MaskedAutoencoder.batch_labels(batch)).long().cpu())
-    if not feats:
-        raise ConfigError("the evaluation loader gave no batches")
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+POINT_RAW_FEATURES: RawFeatures = {"d2": d2_histogram}
+POINT_FEATURES = ("embed", *POINT_RAW_FEATURES)
 
 
 def fit_svm(x: np.ndarray, y: np.ndarray, c_grid: tuple[float, ...], seed: int = 0) -> Any:
@@ -111,8 +89,11 @@ class _PointEvaluator(Evaluator):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         device, precision = resolve_runtime(self.device, self.precision)
         train_loader, val_loader = datamodule.feature_dataloaders(self.batch_size)
-        xt, yt = point_features(model, train_loader, self.features, device, precision)
-        xv, yv = point_features(model, val_loader, self.features, device, precision)
+        splits = [
+            extract_features(model, loader, device, precision, self.features, raw_features=POINT_RAW_FEATURES)
+            for loader in (train_loader, val_loader)
+        ]
+        (xt, yt), (xv, yv) = [(x.numpy(), y.numpy()) for x, y in splits]
         return xt, yt, xv, yv
 
 

@@ -42,7 +42,7 @@ import torch.nn as nn
 from mae_zoo.nets.video import QVBiasAttention
 from mae_zoo.nets.vit import TransformerStack
 from mae_zoo.objectives import TubeNormalizedMSE
-from mae_zoo.weights.hf_vitmae import StateDictMismatchError, _raise_unknown, _submodule, load_state_dict_exact
+from mae_zoo.weights.hf_vitmae import StateDictMismatchError, _submodule, load_state_dict_exact, raise_unmapped
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import VideoMAEConfig
@@ -72,7 +72,7 @@ def official_to_mae_zoo(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             out[ours] = value
         else:
             unknown.append(key)
-    _raise_unknown("official_to_mae_zoo", unknown)
+    raise_unmapped("official_to_mae_zoo", unknown)
     return out
 
 
@@ -137,7 +137,7 @@ def mae_zoo_to_hf(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             out[f"{prefix}.{_HF_IN_BLOCK[(module, kind)]}"] = value
         else:
             unknown.append(key)
-    _raise_unknown("mae_zoo_to_hf", unknown)
+    raise_unmapped("mae_zoo_to_hf", unknown)
     return out
 
 
@@ -164,7 +164,7 @@ def hf_to_mae_zoo(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             out[f"{prefix}.{module}.{kind}"] = value
         else:
             unknown.append(key)  # e.g. a key bias: VideoMAE has none
-    _raise_unknown("hf_to_mae_zoo", unknown)
+    raise_unmapped("hf_to_mae_zoo", unknown)
     for key, parts in qkv.items():
         absent = [p for p in _QKV if p not in parts]
         if absent:

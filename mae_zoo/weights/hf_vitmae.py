@@ -118,7 +118,9 @@ class StateDictMismatchError(KeyError):
         return str(self.args[0])
 
 
-def _raise_unknown(direction: str, unknown: list[str]) -> None:
+def raise_unmapped(direction: str, unknown: list[str]) -> None:
+    """Raise :class:`StateDictMismatchError` naming every key a converter could not map, if any:
+    a converter that silently dropped them would half-load (or half-export) a model."""
     if unknown:
         raise StateDictMismatchError(
             f"{direction}: {len(unknown)} key(s) have no mapping: {sorted(unknown)}", [], sorted(unknown), []
@@ -153,7 +155,7 @@ def mae_zoo_to_hf(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             out[f"{prefix}.{_IN_BLOCK[module]}.{kind}"] = value
         else:
             unknown.append(key)
-    _raise_unknown("mae_zoo_to_hf", unknown)
+    raise_unmapped("mae_zoo_to_hf", unknown)
     return out
 
 
@@ -183,7 +185,7 @@ def hf_to_mae_zoo(hf_state_dict: Mapping[str, torch.Tensor]) -> StateDict:
             out[f"{prefix}.{_IN_BLOCK_INV[module]}.{kind}"] = value
         else:
             unknown.append(key)
-    _raise_unknown("hf_to_mae_zoo", unknown)
+    raise_unmapped("hf_to_mae_zoo", unknown)
     for key, parts in qkv.items():
         absent = [p for p in _QKV_PARTS if p not in parts]
         if absent:
@@ -431,4 +433,5 @@ __all__ = [
     "load_imagemae_into_hf",
     "load_state_dict_exact",
     "mae_zoo_to_hf",
+    "raise_unmapped",
 ]

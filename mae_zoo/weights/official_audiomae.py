@@ -27,7 +27,7 @@ import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.objectives import MaskedMSE
-from mae_zoo.weights.hf_vitmae import StateDictMismatchError, load_state_dict_exact
+from mae_zoo.weights.hf_vitmae import load_state_dict_exact, raise_unmapped
 from mae_zoo.weights.official_mae import DEFAULT_OPTIM
 
 ENCODER_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -89,13 +89,7 @@ def official_to_mae_zoo(
             (buffers if rest in _RECOMPUTED else ours)[name] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise StateDictMismatchError(
-            f"official Audio-MAE checkpoint: {len(unknown)} key(s) have no mapping: {sorted(unknown)}",
-            [],
-            sorted(unknown),
-            [],
-        )
+    raise_unmapped("official Audio-MAE checkpoint", unknown)
     return ours, buffers
 
 

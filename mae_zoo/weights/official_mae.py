@@ -58,7 +58,7 @@ import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.objectives import MaskedMSE
-from mae_zoo.weights.hf_vitmae import StateDictMismatchError, load_state_dict_exact
+from mae_zoo.weights.hf_vitmae import StateDictMismatchError, load_state_dict_exact, raise_unmapped
 
 StateDict = dict[str, torch.Tensor]
 
@@ -144,13 +144,7 @@ def split_official(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, S
             ours[f"{_STACKS[stack]}.{index}.{module}.{kind}"] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise StateDictMismatchError(
-            f"official MAE checkpoint: {len(unknown)} key(s) have no mapping: {sorted(unknown)}",
-            [],
-            sorted(unknown),
-            [],
-        )
+    raise_unmapped("official MAE checkpoint", unknown)
     return ours, classifier
 
 
@@ -168,10 +162,7 @@ def mae_zoo_to_official(state_dict: Mapping[str, torch.Tensor], encoder_only: bo
             out[f"{_STACKS_INV[stack]}.{index}.{module}.{kind}"] = value
         else:
             unknown.append(key)
-    if unknown:
-        raise StateDictMismatchError(
-            f"mae_zoo_to_official: {len(unknown)} key(s) have no mapping: {sorted(unknown)}", [], sorted(unknown), []
-        )
+    raise_unmapped("mae_zoo_to_official", unknown)
     return out
 
 
