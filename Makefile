@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pytest-xdist workers for make test: a test file stays on one worker (its module fixtures are built once).
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: install lint format train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-distill-fashion-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
@@ -46,7 +48,7 @@ smoke: install
 	$(PY) -m mae_zoo.train debug=smoke $(ARGS)
 
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

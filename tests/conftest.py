@@ -18,7 +18,8 @@ SHARED_DATA = Path(os.environ.get("MAE_ZOO_DATA", ROOT.parent / "shared" / "data
 # Small and quick: what most tests train with.
 FAST = ["model=vit_micro", "debug=smoke", "print_config=false", "logger=csv"]
 
-torch.set_num_threads(2)
+# Under pytest-xdist (make test: two workers on two cores) each worker takes one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def compose_cfg(overrides: list[str], run_dir: Path | None = None, config_name: str = "train") -> DictConfig:
