@@ -5,6 +5,7 @@ LAMB step against its formula, and one smoke run of the preset."""
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -204,7 +205,15 @@ def test_lamb_step_matches_the_formula():
     torch.testing.assert_close(b.detach(), update(b0, gb, 0.0))
 
 
-def test_spark_preset_smoke_runs(make_cfg):
+def test_spark_preset_smoke_runs_and_its_checkpoint_exports_to_timm(make_cfg, tmp_path):
+    """experiment=spark (LAMB, mask 0.6, BatchNorm densify) on the micro net and 32 px shapes; then the CLI's
+    export path: the checkpoint loads with mae_zoo.load and its ConvNet loads strictly into timm."""
+    from safetensors.torch import load_file
+
+    import mae_zoo
+    from mae_zoo.export import export
+    from tests.conftest import compose_cfg
+
     cfg = make_cfg(
         "experiment=spark",
         "debug=smoke",
@@ -217,10 +226,22 @@ def test_spark_preset_smoke_runs(make_cfg):
         "trainer=default",
         "trainer.devices=1",
         "trainer.precision=32-true",
-        "callbacks=none",
+        "callbacks.online_probe.enabled=false",
         "logger=none",
         "print_config=false",
         fast=False,
     )
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 4 and 0 < metrics["train/loss"] < 10
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert list((tmp_path / "run" / "pictures").glob("*.png"))  # reconstructions drawn
+    model = mae_zoo.load(ckpt).eval()
+    assert isinstance(model, SparK) and model.hparams["optim"]["name"] == "lamb"
+    with pytest.raises(ConfigError, match="format=hf does not take SparK models"):
+        export(compose_cfg([f"ckpt={ckpt}", "format=hf"], tmp_path / "hf", config_name="export"))
+    export(compose_cfg([f"ckpt={ckpt}", "format=timm"], tmp_path / "timm", config_name="export"))
+    spec = json.loads((tmp_path / "timm" / "model.json").read_text())
+    net = timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"]).eval()
+    net.load_state_dict(load_file(str(tmp_path / "timm" / "model.safetensors")), strict=True)
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(net(images).mean(dim=(2, 3)), model.embed(images))

@@ -241,6 +241,7 @@ class SparK(PixelMAE):
                 "SparK needs model.encoder.name (a timm ConvNet) and model.decoder.width: use model=spark_resnet50, "
                 f"spark_micro or spark_convnext_micro (got encoder keys {sorted(encoder)})"
             )
+        pixel.pop("patch_size", None)  # the cell is the downsample ratio (a checkpoint's hparams repeat it)
         super().__init__(img_size=img_size, patch_size=ratio, **pixel)
         if not isinstance(self.mask_generator, spark_masks()):
             raise MaskConfigError(
