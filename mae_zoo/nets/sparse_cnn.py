@@ -7,7 +7,8 @@ keys, so its weights load back into ``timm.create_model``), and while a mask is 
   must be a whole multiple of the grid), so hidden positions are exactly zero after each layer;
 * every BatchNorm normalises with the statistics of the visible positions only (SparK gathers the
   visible positions into a (N, C) batch for a BatchNorm1d) and leaves zeros at the hidden ones;
-* a ConvNeXt block's residual branch is zeroed at hidden positions before the residual sum.
+* a ConvNeXt block's output is zeroed at hidden positions; its shortcut is already zero there, so this is
+  SparK's zeroing of the residual branch before the sum.
 
 With no mask set, every layer is its dense self: ``embed`` and evaluation see the timm network.
 A layer that mixes positions in a way the emulation cannot follow (squeeze-excitation, GroupNorm,
@@ -88,6 +89,8 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         # SparK gathers the visible positions into an (N, C) batch for BatchNorm1d; the same statistics as
         # masked sums (boolean gather/scatter's backward crashed torch 2.14 on CPU at 224 px).
+        # Statistics in float32 whatever the autocast dtype, as BatchNorm kernels keep them.
+        dtype, x = x.dtype, x.float()
         keep = active.to(x.dtype)
         if self.training or not self.track_running_stats:
             n = keep.sum()
@@ -101,7 +104,7 @@ class SparseBatchNorm2d(nn.BatchNorm2d):
         scale = torch.rsqrt(var + self.eps)
         weight = scale if self.weight is None else scale * self.weight
         shift = -mean * weight if self.bias is None else self.bias - mean * weight
-        return (x * weight[None, :, None, None] + shift[None, :, None, None]) * keep
+        return ((x * weight[None, :, None, None] + shift[None, :, None, None]) * keep).to(dtype)
 
     @torch.no_grad()
     def _update_running(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
