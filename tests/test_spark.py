@@ -169,10 +169,11 @@ def test_export_loads_strictly_into_timm_and_equals_the_dense_encoder(tmp_path):
 
 
 def test_start_up_errors_say_what_is_valid():
-    with pytest.raises(
-        MaskConfigError, match=r"SimMIMMask is a ViT-token mask.*\['block', 'colored_noise', 'random'\]"
-    ):
+    fits = r"Masks that fit SparK: \['block', 'colored_noise', 'random'\]"
+    with pytest.raises(MaskConfigError, match=r"SimMIMMask does not fit SparK: it counts its cells in ViT .*" + fits):
         spark(mask={"_target_": "mae_zoo.masks.SimMIMMask", "ratio": 0.6, "cell": 1})
+    with pytest.raises(MaskConfigError, match=r"TubeMask does not fit SparK: it does not fit an image grid .*" + fits):
+        spark(mask={"_target_": "mae_zoo.masks.TubeMask", "ratio": 0.6})
     with pytest.raises(ConfigError, match="data.image_size=28 is not a multiple of model.downsample_ratio=8"):
         spark(img_size=28)
     with pytest.raises(ConfigError, match=r"model.downsample_ratio=32, but resnet18 .* downsamples by 8"):

@@ -243,13 +243,20 @@ class SparK(PixelMAE):
             )
         pixel.pop("patch_size", None)  # the cell is the downsample ratio (a checkpoint's hparams repeat it)
         super().__init__(img_size=img_size, patch_size=ratio, **pixel)
-        if not isinstance(self.mask_generator, spark_masks()):
+        grid = (img_size // ratio, img_size // ratio)
+        layout = Layout("grid", ("h", "w"), grid)
+        mask_gen = self.mask_generator
+        if not isinstance(mask_gen, spark_masks()):
+            why = (
+                "it counts its cells in ViT patch tokens"
+                if mask_gen.supports(layout)
+                else f"it does not fit an image grid (it supports {list(mask_gen.layouts)})"
+            )
             raise MaskConfigError(
-                f"mask {self.mask_generator.name} is a ViT-token mask; SparK masks whole cells of the ConvNet's "
+                f"mask {mask_gen.name} does not fit SparK: {why}; SparK hides whole cells of the ConvNet's "
                 f"downsample grid. Masks that fit SparK: {masks_for_spark()}"
             )
-        grid = (img_size // ratio, img_size // ratio)
-        self.set_layout(Layout("grid", ("h", "w"), grid))
+        self.set_layout(layout)
         self.encoder = SparseConvNet(
             encoder["name"], encoder.get("args") or {}, self.in_chans, encoder.get("levels", 4)
         )
