@@ -47,6 +47,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"ckpt={source} is the export's own run folder")
     from mae_zoo.modalities.audio import AudioMAE
     from mae_zoo.modalities.image import ImageMAE
+    from mae_zoo.modalities.spark import SparK
     from mae_zoo.modalities.video import VideoMAE
 
     with warnings.catch_warnings(record=True) as caught:
@@ -58,9 +59,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     kind = type(model).__name__
     if kind == "AudioMAE" and fmt != "timm":  # the encoder is the image ViT on a (time, freq) grid
         raise ConfigError(f"format={fmt} does not take Audio-MAE models; format=timm exports the encoder ({source})")
-    if kind not in ("ImageMAE", "VideoMAE", "AudioMAE") or (kind == "VideoMAE" and fmt != "hf"):
+    if kind == "SparK" and fmt != "timm":  # the encoder is a timm ConvNet
+        raise ConfigError(f"format={fmt} does not take SparK models; format=timm exports the ConvNet ({source})")
+    if kind not in ("ImageMAE", "VideoMAE", "AudioMAE", "SparK") or (kind == "VideoMAE" and fmt != "hf"):
         raise ConfigError(f"format={fmt} exports image MAEs (and format=hf also VideoMAE); {source} holds a {kind}")
-    if not isinstance(model, (ImageMAE, VideoMAE, AudioMAE)):  # pragma: no cover - the name check above admits no other
+    if not isinstance(
+        model, (ImageMAE, VideoMAE, AudioMAE, SparK)
+    ):  # pragma: no cover - the name check above admits no other
         raise ConfigError(f"format={fmt} exports ImageMAE and VideoMAE; {source} holds a {kind}")
     write_run_records(cfg, run_dir)
     if cfg.get("print_config", False):
@@ -70,6 +75,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             from mae_zoo.weights.hf_videomae import export_hf as export_hf_video
 
             files = export_hf_video(model, run_dir)
+        elif isinstance(model, SparK):
+            from mae_zoo.modalities.spark import export_timm_convnet
+
+            files = [p.name for p in export_timm_convnet(model, run_dir)]
         elif fmt == "timm":
             from mae_zoo.weights.timm_export import export_timm
 

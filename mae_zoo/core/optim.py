@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -51,13 +51,27 @@ class WarmupCosine:
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+def lamb(
+    params: Iterable[dict], lr: float, betas: tuple[float, float], fused: bool | None = None
+) -> torch.optim.Optimizer:
+    """SparK's LAMB: timm's ``Lamb`` (SparK's ``utils/lamb.py`` is a copy of it): the global gradient norm
+    clipped to 5, eps 1e-6, the trust ratio only on parameters with weight decay. ``fused`` is ignored."""
+    from timm.optim import Lamb
+
+    return Lamb(params, lr=lr, betas=betas, eps=1e-6, max_grad_norm=5.0)
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "lamb": lamb,
+}
 
 
 def build_optimizer(
     name: str, params: Iterable[dict], lr: float, betas: tuple[float, float], fused: bool | None = None
 ) -> torch.optim.Optimizer:
-    """AdamW (MAE and most methods) or Adam with L2 weight decay (GraphMAE's ``optimizer: adam``)."""
+    """AdamW (MAE and most methods), Adam with L2 weight decay (GraphMAE's ``optimizer: adam``) or LAMB (SparK)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {list(OPTIMIZERS)}, got '{name}'")
     return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), fused=fused)
