@@ -132,12 +132,16 @@ class ChAMAEViT(PixelMAE):
     @torch.no_grad()
     def visualize(self, batch: Any, generator: torch.Generator | None = None) -> torch.Tensor:
         """(3, N, 3, H, W) in [0, 1]: input | masked input (hidden patches grey) | reconstruction, each
-        showing the first three channels as RGB (per-channel units of the data's mean/std)."""
+        showing the first three channels as RGB, in the data's [0, 1] units."""
         out = self(batch, generator=generator)
         target = self.tokenize(batch).target.float()
         pred = self.objective.denormalize(out.pred.float(), target)
-        c = self.in_chans
-        views = self.pixels.views(target, pred, out.mask, out.predicted)
-        images = [self.pixels.unnormalize(unpatchify_channels(x, self.patch_size, c, self.grid)) for x in views]
+        c, p = self.in_chans, self.patch_size
+
+        def in_pixels(tokens: torch.Tensor) -> torch.Tensor:  # per-channel tokens, in [0, 1] units
+            return patchify_channels(self.pixels.unnormalize(unpatchify_channels(tokens, p, c, self.grid)), p)
+
+        views = self.pixels.views(in_pixels(target), in_pixels(pred), out.mask, out.predicted)
+        images = [unpatchify_channels(x, p, c, self.grid) for x in views]
         rgb = [x[:, :3] if c >= 3 else x[:, :1].expand(-1, 3, -1, -1) for x in images]
         return torch.stack(rgb).clamp(0, 1)
