@@ -203,3 +203,20 @@ def test_chamaevit_preset_smoke_run(tmp_path):
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics["trainer/global_step"] == 4 and np.isfinite(metrics["val/loss"])
+
+
+def test_pictures_of_five_channel_images_through_the_image_mae(tmp_path):
+    """Plain MAE on 5-channel stacks (the record's baseline): the PNG shows the first three channels."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from mae_zoo.callbacks.reconstructions import ReconstructionPictures
+    from mae_zoo.modalities.image import ImageMAE
+
+    model = ImageMAE(in_chans=5, **{**SMALL, "mask": {"_target_": "mae_zoo.masks.RandomMask", "ratio": 0.75}})
+    callback = ReconstructionPictures(str(tmp_path))
+    callback.batch = (torch.randn(2, 5, 8, 8), torch.zeros(2, dtype=torch.long))
+    plugin = SimpleNamespace(forward_context=contextlib.nullcontext)
+    trainer = SimpleNamespace(strategy=None, is_global_zero=True, precision_plugin=plugin, global_step=0, loggers=[])
+    path = callback.draw(trainer, model, "test")  # type: ignore[arg-type]
+    assert path is not None and path.exists()

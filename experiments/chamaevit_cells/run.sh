@@ -7,7 +7,8 @@
 # python experiments/chamaevit_cells/collect.py prints the table.
 #
 # Budget: a 5-epoch schedule (62 steps an epoch, 310 steps, warmup 62) stopped for both arms right after the
-# end of epoch STOP_EPOCHS (3: step 186, LR at half its peak), so that the record fit a shared 2-core machine;
+# end of epoch STOP_EPOCHS (2: step 124, LR still at 0.85 of its peak), so that the record fit a shared,
+# heavily loaded 2-core machine;
 # stop_after_epochs.sh copies last.ckpt at every epoch end and stops the trainer after that one. The probes
 # read the copy, $R/snap/<arm>_v$STOP_EPOCHS.ckpt. (In the recorded session the two arms trained at the same
 # time, each started by hand with the command below; this script runs them one after the other.)
@@ -15,7 +16,7 @@ set -euo pipefail
 PY=${PY:-.venv/bin/python}
 SEED=${1:-0}
 R=${R:-runs/chamaevit_cells}
-STOP_EPOCHS=${STOP_EPOCHS:-3}
+STOP_EPOCHS=${STOP_EPOCHS:-2}
 OUT=experiments/chamaevit_cells/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
