@@ -7,7 +7,7 @@
 # python experiments/chamaevit_cells/collect.py prints the table.
 #
 # Budget: a 5-epoch schedule (62 steps an epoch, 310 steps, warmup 62) stopped for both arms right after the
-# end of epoch STOP_EPOCHS (2: step 124, LR still at 0.85 of its peak), so that the record fit a shared,
+# end of epoch STOP_EPOCHS (2: step 124, LR still at 0.86 of its peak), so that the record fit a shared,
 # heavily loaded 2-core machine;
 # stop_after_epochs.sh copies last.ckpt at every epoch end and stops the trainer after that one. The probes
 # read the copy, $R/snap/<arm>_v$STOP_EPOCHS.ckpt. (In the recorded session the two arms trained at the same
