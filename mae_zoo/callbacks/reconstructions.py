@@ -74,6 +74,8 @@ class ReconstructionPictures(pl.Callback):
             return None
         _rows, n = views.shape[:2]
         images = views.flatten(0, 1).float().cpu()
+        if images.shape[1] not in (1, 3):  # e.g. 5-channel stacks through the image MAE: PNGs hold 1 or 3
+            images = images[:, :3] if images.shape[1] > 3 else images[:, :1]
         factor = max(1, -(-self.min_size // images.shape[-1]))
         if factor > 1:
             images = F.interpolate(images, scale_factor=factor, mode="nearest")
