@@ -269,6 +269,10 @@ class MaskedAutoencoder(pl.LightningModule):
             extras = {"loss_recon": loss.detach(), **{f"loss_{k}": v.detach() for k, v in terms.items()}}
             loss = distill.recon_weight * loss + sum(terms.values())
             enc_hidden, dec_hidden = enc.asked(keep), dec.asked(keep_decoder)
+        if decoded.terms:  # the decoder's own terms (CAE's alignment) add to whatever the loss is so far
+            own = {f"loss_{k}": v.detach() for k, v in decoded.terms.items()}
+            extras = {"loss_recon": loss.detach(), **extras, **own}
+            loss = loss + sum(decoded.terms.values())
         return MAEOutput(
             loss=loss,
             pred=decoded.pred,

@@ -157,10 +157,13 @@ class Encoded:
 @dataclass
 class Decoded:
     """What every decoder returns: per-position predictions (B, L, Q), zero where nothing was predicted,
-    and the hidden states of the decoder blocks asked for with ``keep``."""
+    and the hidden states of the decoder blocks asked for with ``keep``. ``terms``: further weighted
+    loss terms of the decoder's own (CAE's latent alignment), added to the loss and logged as
+    ``train/loss_<name>``."""
 
     pred: torch.Tensor
     intermediates: list[torch.Tensor] = field(default_factory=list)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,14 +17,23 @@ class BlockMask(MaskGenerator):
     Each block has a target area U[min_block, remaining] and a log-uniform aspect ratio in
     [min_aspect, 1/min_aspect]; it must fit strictly inside the grid and add between 1 and
     ``remaining`` new tokens, with up to 10 attempts per block. The count can end below the target
-    (never above), so it varies per sample.
+    (never above), so it varies per sample. ``exact``: keep placing blocks until the count is exactly
+    the target, as CAE's copy of the generator does (``while mask_count != num_masking_patches``).
     """
 
     layouts = ("grid:h,w", "grid:t,f")
     exact_count = False
 
-    def __init__(self, ratio: float = 0.4, min_block: int = 16, min_aspect: float = 0.3, max_attempts: int = 10):
+    def __init__(
+        self,
+        ratio: float = 0.4,
+        min_block: int = 16,
+        min_aspect: float = 0.3,
+        max_attempts: int = 10,
+        exact: bool = False,
+    ):
         super().__init__(ratio)
+        self.exact_count = bool(exact)
         if min_block < 1:
             raise MaskConfigError(f"mask.min_block must be >= 1, got {min_block}")
         if not 0.0 < min_aspect <= 1.0:
@@ -58,11 +67,18 @@ class BlockMask(MaskGenerator):
         return masks.flatten(1)
 
     def _fill(self, mask: torch.Tensor, target: int, rng: random.Random) -> None:
-        count = 0
+        count, failures = 0, 0
         while count < target:
             added = self._place_block(mask, target - count, rng)
             if added == 0:
-                break
+                if not self.exact_count:
+                    break
+                # CAE retries without limit; a one-token block always fits in the end, so this cap
+                # only turns a would-be endless loop into an error.
+                failures += 1
+                if failures > 10_000:
+                    raise RuntimeError(f"block mask could not reach exactly {target} hidden tokens")
+                continue
             count += added
 
     def _place_block(self, mask: torch.Tensor, remaining: int, rng: random.Random) -> int:

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.core.types import Layout, Tokens
+from mae_zoo.core.types import Decoded, Encoded, Keep, Layout, Masks, Tokens
 from mae_zoo.modalities.pixels import PixelMAE
+from mae_zoo.nets.cae import CAEDecoder
 from mae_zoo.nets.pos_embed import sincos_2d
 from mae_zoo.nets.vit import (
     LinearPixelHead,
@@ -46,7 +47,8 @@ ENCODERS = {"dropping": ViTEncoder, "masked": MaskTokenViTEncoder}
 
 class ImageMAE(PixelMAE):
     """ViT MAE on images (B, C, H, W). ``encoder``/``decoder`` are dicts of sizes (see ``conf/model``)
-    and ``kind`` (encoder: dropping | masked; decoder: mae | linear, SimMIM's head);
+    and ``kind`` (encoder: dropping | masked; decoder: mae | linear, SimMIM's head | cae, CAE's regressor
+    and decoder with its alignment term);
     ``pixel``: ``img_size``, ``in_chans``, ``patch_size``, ``embed_pool`` (cls | mean), ``pixel_mean``,
     ``pixel_std`` (:class:`PixelMAE`) and the shared entries (mask, objective, ..., seed)."""
 
@@ -60,11 +62,13 @@ class ImageMAE(PixelMAE):
         self.set_layout(Layout("grid", ("h", "w"), grid))
         encoder, decoder = dict(encoder), dict(decoder)
         encoder_kind, decoder_kind = encoder.pop("kind", "dropping"), decoder.pop("kind", "mae")
-        if encoder_kind not in ENCODERS or decoder_kind not in ("mae", "linear"):
+        if encoder_kind not in ENCODERS or decoder_kind not in ("mae", "linear", "cae"):
             raise ConfigError(
                 f"model.encoder.kind must be one of {sorted(ENCODERS)} and model.decoder.kind one of "
-                f"['linear', 'mae'], got {encoder_kind!r} and {decoder_kind!r}"
+                f"['cae', 'linear', 'mae'], got {encoder_kind!r} and {decoder_kind!r}"
             )
+        if decoder_kind == "cae":
+            self.check_cae(encoder_kind)
         if decoder_kind == "linear" and encoder_kind != "masked":
             raise ConfigError(
                 "model.decoder.kind=linear (SimMIM's head) predicts every patch from its own encoder token: "
@@ -78,10 +82,41 @@ class ImageMAE(PixelMAE):
         )
         if decoder_kind == "linear":
             self.decoder = LinearPixelHead(enc_dim, out_dim)
+        elif decoder_kind == "cae":
+            self.decoder = CAEDecoder(enc_dim, sincos_2d(decoder["embed_dim"], *grid), out_dim, **decoder)
         else:
             dec_dim = decoder["embed_dim"]
             self.decoder = MAEDecoder(enc_dim, sincos_2d(dec_dim, *grid, cls_token=True), out_dim, **decoder)
         init_mae_weights(self)
+
+    def check_cae(self, encoder_kind: str) -> None:
+        """CAE's regressor reads the visible latents of the token-dropping encoder, one count per sample,
+        and predicts the hidden patches only."""
+        if encoder_kind != "dropping":
+            raise ConfigError(
+                "model.decoder.kind=cae regresses hidden latents from the visible ones: it needs "
+                f"model.encoder.kind=dropping, got {encoder_kind!r}"
+            )
+        if not self.mask_generator.exact_count:
+            raise ConfigError(
+                f"model.decoder.kind=cae needs the same number of hidden patches in every sample, and mask "
+                f"{self.mask_generator.name} varies it: use mask=block mask.exact=true (CAE's own) or mask=random"
+            )
+        if self.objective.positions != "hidden":
+            raise ConfigError(
+                f"model.decoder.kind=cae predicts the hidden patches only: objective.positions must be 'hidden', "
+                f"got {self.objective.positions!r}"
+            )
+
+    def decode(self, encoded: Encoded, tokens: Tokens, masks: Masks, keep: Keep = ()) -> Decoded:
+        if not isinstance(self.decoder, CAEDecoder):
+            return super().decode(encoded, tokens, masks, keep)
+        # CAE's alignment target: the encoder's own latents of the hidden patches, seen alone, with no
+        # gradient. The official code runs a no-grad copy of the encoder whose weights are the encoder's
+        # tensors themselves, which is this same module under no_grad.
+        with torch.no_grad():
+            target = self.encoder(tokens.inputs, ~masks.hidden)
+        return self.decoder(encoded, target, keep=keep)
 
     @classmethod
     def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
