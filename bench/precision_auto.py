@@ -68,6 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "overrides": ["model=vit_base", "data.image_size=224", "data.batch_size=8", "data.num_train=64"],
         "steps": 3,
         "rounds": 3,
+        "probes": 2,  # a probe is 14 ViT-B steps
     },
 }
 
@@ -95,13 +96,14 @@ def run_config(name: str, args: argparse.Namespace, probe: MatmulProbe) -> dict[
     print(f"== {name}: {params:.2f} M params, batch {datamodule.batch_size}, {spec['overrides']}", flush=True)
 
     probes = []
-    for i in range(args.probes):
+    n_probes = args.probes or spec.get("probes", 3)
+    for i in range(n_probes):
         t0 = time.perf_counter()
         choice = P.choose_precision(module, datamodule, "cpu", settings)
         probes.append(
             {"precision": choice.precision, "how": choice.how, "step_s": choice.step_s, "reason": choice.reason}
         )
-        print(f"  probe {i + 1}/{args.probes}: {choice.message()} [{time.perf_counter() - t0:.1f} s]", flush=True)
+        print(f"  probe {i + 1}/{n_probes}: {choice.message()} [{time.perf_counter() - t0:.1f} s]", flush=True)
     names = ["bf16-mixed", "32-true"]  # measured on every CPU, also where auto's only candidate is fp32
 
     # Independent measurement: full training steps, each precision on its own copy.
@@ -206,7 +208,9 @@ def markdown(results: list[dict[str, Any]], probe: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--probes", type=int, default=3, help="start-up probes per config (each measures afresh)")
+    parser.add_argument(
+        "--probes", type=int, default=None, help="start-up probes per config, each afresh (default 3; vitb 2)"
+    )
     parser.add_argument("--rounds", type=int, default=None, help="measurement rounds (default per config)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per block (default per config)")
     parser.add_argument("--threads", type=int, default=2)

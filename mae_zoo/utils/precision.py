@@ -409,6 +409,8 @@ def resolve_auto(
         return Choice(recorded, "resumed", f"{run_dir / RECORD_NAME} records it for this run", names)
     if not measure:
         return Choice(rule_precision(accelerator), "rule", "not measured (build without measure_precision)", names)
+    if str(accelerator) not in ("auto", "cpu", "gpu", "cuda"):
+        return Choice(rule_precision(accelerator), "rule", f"no probe on {accelerator}", names)
     if not single_process:
         return Choice(
             rule_precision(accelerator),
