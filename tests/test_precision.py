@@ -37,9 +37,11 @@ BOTH = ["bf16-mixed", "32-true"]
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache file; none touches ~/.cache."""
+    """Every test gets its own cache file; none touches ~/.cache. The CI machine's load must not
+    decide whether answers are cached: it counts as quiet unless a test says otherwise."""
     path = tmp_path / "cache" / "precision.json"
     monkeypatch.setenv(P.CACHE_ENV, str(path))
+    monkeypatch.setattr(P, "machine_busy", lambda device: None)
     return path
 
 
@@ -97,6 +99,15 @@ def test_the_probe_times_the_real_model_on_a_real_batch_picks_the_faster_and_cac
     # Another model shape is another key: measured again, and this fake says fp32.
     _, _, trainer = _build(tmp_path, "model.encoder.depth=1", run="run3")
     assert len(P.time_steps.calls) == 1 and str(trainer.precision) == "32-true"
+    assert len(json.loads(private_cache.read_text())) == 2
+
+    # Measured on a crowded machine: used, logged, not cached (the next run measures again).
+    monkeypatch.setattr(P, "machine_busy", lambda device: "1-min load average 20.0 on 2 cores")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mae_zoo"):
+        _, _, trainer = _build(tmp_path, "model.encoder.depth=2", run="run4")
+    assert len(P.time_steps.calls) == 2 and str(trainer.precision) == "32-true"
+    assert "not cached: machine busy" in caplog.text
     assert len(json.loads(private_cache.read_text())) == 2
 
 

@@ -10,8 +10,10 @@ steps the exact arithmetic is worth more than a gain nobody can show.
 
 Answers are cached per machine, model shape, batch shape and candidate list in
 ``~/.cache/mae_zoo/precision.json`` (``$MAE_ZOO_PRECISION_CACHE`` names another file), so a second
-run of the same job measures nothing. The choice and its reason are logged and written to
-``<run>/precision.json``; a resumed run keeps the precision its folder records.
+run of the same job measures nothing; an answer measured while other processes crowded the CPU is
+used but not cached (under a load of 20 on 2 cores a probe step took 60x its quiet time). The
+choice and its reason are logged and written to ``<run>/precision.json``; a resumed run keeps the
+precision its folder records.
 
 Without a measurement (``precision_probe.enabled=false``, several processes, whose ranks must agree
 without talking, or :func:`mae_zoo.train.build` called without ``measure_precision``) ``auto`` falls
@@ -310,6 +312,19 @@ def pick(step_s: Mapping[str, float], min_gain: float) -> tuple[str, str]:
     return fastest, f"median forward+backward step {times}; {fastest} is {100 * gain:.1f}% faster"
 
 
+def machine_busy(device: torch.device) -> str | None:
+    """Why a CPU timing may not hold for a later run: other processes were competing for the cores
+    (1-minute load average above 1.5x the core count; this run's own threads count for up to one)."""
+    if device.type != "cpu":
+        return None
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    cores = os.cpu_count() or 1
+    return f"1-min load average {load:.1f} on {cores} cores" if load > 1.5 * cores else None
+
+
 def first_batch(datamodule: Any) -> Any:
     """One training batch as the loader gives it (set up, augmented, collated), without leaving the
     probe's loader as the one checkpoints record."""
@@ -355,8 +370,12 @@ def choose_precision(model: torch.nn.Module, datamodule: Any, accelerator: str, 
         return Choice(FP32, "measured", "every candidate ran out of memory in the probe; fp32 kept", names, {}, key)
     precision, reason = pick(step_s, settings.min_gain)
     log.info("precision probe: %d steps per candidate in %.1f s", settings.warmup + settings.steps, clock() - start)
+    busy = machine_busy(device)
+    if busy:  # a coin flip on a crowded machine must not become every later run's answer
+        log.warning("precision probe: the machine was busy (%s); the answer is used but not cached", busy)
+        reason += f"; not cached: machine busy ({busy})"
     choice = Choice(precision, "measured", reason, names, step_s, key)
-    if settings.cache:
+    if settings.cache and not busy:
         write_cache(
             path,
             key,
