@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import statistics
 import sys
 import time
@@ -226,21 +227,25 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     probe = MatmulProbe()
     start = time.perf_counter()
-    results = [run_config(name, args, probe) for name in args.configs]
-    report = probe.report()
-    print("\n" + markdown(results, report) + "\n", flush=True)
-    path = write_json(
-        args.out,
-        {
-            "environment": env,
-            "busy_warning": busy,
-            "args": vars(args),
-            "wall_s": time.perf_counter() - start,
-            "matmul_probe": report,
-            "results": results,
-        },
-    )
-    print(f"wrote {path}")
+    results: list[dict[str, Any]] = []
+    for name in args.configs:
+        results.append(run_config(name, args, probe))
+        report = probe.report()
+        # after every config: a run stopped later still leaves the configs it finished
+        path = write_json(
+            args.out,
+            {
+                "environment": env,
+                "load_average_end": os.getloadavg(),
+                "busy_warning": busy,
+                "args": vars(args),
+                "wall_s": time.perf_counter() - start,
+                "matmul_probe": report,
+                "results": results,
+            },
+        )
+        print("\n" + markdown(results, report) + "\n", flush=True)
+        print(f"wrote {path}", flush=True)
     return 0
 
 
