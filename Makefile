@@ -105,3 +105,7 @@ record-audiomae-fsdd: install  ## the experiments/audiomae_fsdd record (about 15
 
 bench-audio: install  ## audio loader clips/s against the Audio-MAE step (bench/audio_loader.py)
 	$(PY) bench/audio_loader.py $(ARGS)
+
+.PHONY: bench-precision
+bench-precision: install  ## does trainer.precision=auto pick the faster precision? its choice vs measured fp32/bf16 steps
+	$(PY) bench/precision_auto.py $(ARGS)

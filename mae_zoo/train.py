@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -29,14 +31,18 @@ from mae_zoo.utils.checks import check_resume, check_values, safe_load
 from mae_zoo.utils.console import print_config_tree
 from mae_zoo.utils.instantiate import config_errors_surface, instantiate_checked
 from mae_zoo.utils.loggers import ResumableCSVLogger, WandbResolvedConfig, finish_wandb, log_final_metrics
+from mae_zoo.utils.precision import Choice, ProbeSettings, resolve_auto, write_record
 from mae_zoo.utils.runtime import (
     AtomicCheckpointIO,
     check_launch,
     find_resume_checkpoint,
-    resolve_precision,
+    launched_externally,
+    run_checkpoints,
     write_metrics,
     write_run_records,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _hydra_launch_info() -> tuple[bool, str | None]:
@@ -69,8 +75,14 @@ class _FitProgress(pl.Callback):
         trainer.callback_metrics["trainer/epoch"] = torch.tensor(float(trainer.current_epoch))
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
-    """Instantiate datamodule, module and trainer; every config error surfaces here, before training."""
+def build(
+    cfg: DictConfig, measure_precision: bool = False
+) -> tuple[pl.LightningModule, pl.LightningDataModule, pl.Trainer]:
+    """Instantiate datamodule, module and trainer; every config error surfaces here, before training.
+
+    ``measure_precision``: resolve ``trainer.precision=auto`` by timing the model on a training batch
+    (``precision_probe``; :mod:`mae_zoo.utils.precision`), as :func:`train` does; without it (tests,
+    benchmarks that build many trainers) ``auto`` follows the hardware rule."""
     datamodule = instantiate_checked(cfg.data, _convert_="all")
     module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
     if isinstance(module, MaskedAutoencoder):
@@ -81,9 +93,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
     container = OmegaConf.to_container(cfg.trainer, resolve=True)
     assert isinstance(container, dict), "trainer is a mapping of Trainer arguments"
     trainer_kwargs = {str(k): v for k, v in container.items()}
-    trainer_kwargs["precision"] = resolve_precision(
-        trainer_kwargs.get("precision", "auto"), trainer_kwargs.get("accelerator", "auto")
-    )
+    if str(trainer_kwargs.get("precision", "auto")) == "auto":
+        choice = _auto_precision(cfg, module, datamodule, trainer_kwargs, measure_precision)
+        trainer_kwargs["precision"] = choice.precision
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
@@ -93,6 +105,33 @@ def build(cfg: DictConfig) -> tuple[pl.LightningModule, pl.LightningDataModule, 
         default_root_dir=cfg.paths.run_dir,
     )
     return module, datamodule, trainer
+
+
+def _auto_precision(
+    cfg: DictConfig, module: Any, datamodule: Any, trainer_kwargs: dict[str, Any], measure: bool
+) -> Choice:
+    devices = trainer_kwargs.get("devices", 1)
+    single = (
+        str(devices) in ("1", "[0]", "auto")  # auto: one device on CPU; on GPUs Lightning takes them all
+        and (str(devices) != "auto" or not torch.cuda.is_available() or torch.cuda.device_count() == 1)
+        and int(trainer_kwargs.get("num_nodes", 1)) == 1
+        and not launched_externally()
+    )
+    run_dir = Path(cfg.paths.run_dir)
+    choice = resolve_auto(
+        module,
+        datamodule,
+        str(trainer_kwargs.get("accelerator", "auto")),
+        ProbeSettings.from_config(cfg.get("precision_probe")),
+        measure=measure,
+        single_process=single,
+        run_dir=run_dir if run_checkpoints(run_dir) else None,
+    )
+    if measure:
+        log.info(choice.message())
+        if getattr(rank_zero_only, "rank", 0) == 0:  # set from the launcher's rank variables at import
+            write_record(choice, run_dir)
+    return choice
 
 
 class Stopped(Exception):
@@ -115,7 +154,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     try:
-        module, datamodule, trainer = build(cfg)
+        module, datamodule, trainer = build(cfg, measure_precision=True)
         if trainer.is_global_zero:
             write_run_records(cfg, run_dir)
             if cfg.get("print_config", True):

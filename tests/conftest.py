@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ FAST = ["model=vit_micro", "debug=smoke", "print_config=false", "logger=csv"]
 
 # Under pytest-xdist (make test: two workers on two cores) each worker takes one core.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# Runs the tests start resolve precision=auto into a cache of their own, never the user's ~/.cache.
+os.environ.setdefault("MAE_ZOO_PRECISION_CACHE", os.path.join(tempfile.mkdtemp(prefix="mae_zoo_precision_"), "p.json"))
 
 
 def compose_cfg(overrides: list[str], run_dir: Path | None = None, config_name: str = "train") -> DictConfig:

@@ -32,7 +32,8 @@ from tests.conftest import ROOT, compose_cfg, needs_shared
 
 KILL_AT = "MAE_ZOO_TEST_KILL_AT_STEP"
 THREADS = "MAE_ZOO_TEST_THREADS"
-QUIET = ["print_config=false", "logger=csv", "callbacks.progress_bar=null"]
+# The probe off: two runs compared bit for bit must not each measure precision=auto (and may disagree).
+QUIET = ["print_config=false", "logger=csv", "callbacks.progress_bar=null", "precision_probe.enabled=false"]
 
 
 class KillAt(pl.Callback):
@@ -49,8 +50,8 @@ class KillAt(pl.Callback):
 def with_callbacks(build: Callable, kill_at: int | None = None) -> Callable:
     """``mae_zoo.train.build`` with RNGState and DataCheck added when it does not add them itself."""
 
-    def patched(cfg: Any) -> Any:
-        module, datamodule, trainer = build(cfg)
+    def patched(cfg: Any, **kwargs: Any) -> Any:
+        module, datamodule, trainer = build(cfg, **kwargs)
         present = {type(c) for c in trainer.callbacks}
         trainer.callbacks.extend(cls() for cls in (RNGState, DataCheck) if cls not in present)
         if kill_at is not None:

@@ -73,6 +73,11 @@ RULES = (
         lambda v: v is None or (_integer(v) and (v >= 1 or v == -1)),
     ),
     Rule("trainer.accumulate_grad_batches", "an integer >= 1", lambda v: _integer(v) and v >= 1),
+    Rule("precision_probe.enabled", "true or false", lambda v: isinstance(v, bool)),
+    Rule("precision_probe.cache", "true or false", lambda v: isinstance(v, bool)),
+    Rule("precision_probe.warmup", "an integer >= 0", lambda v: _integer(v) and v >= 0),
+    Rule("precision_probe.steps", "an integer >= 1", lambda v: _integer(v) and v >= 1),
+    Rule("precision_probe.min_gain", "a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
 )
 
 

@@ -17,6 +17,8 @@ from pytorch_lightning.strategies import DDPStrategy, FSDPStrategy, Strategy
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.utils.checks import safe_load
+from mae_zoo.utils.precision import cpu_has_fast_bf16 as cpu_has_fast_bf16  # re-exported: its old home
+from mae_zoo.utils.precision import rule_precision
 
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 _INTERACTIVE_JOB_NAMES = ("bash", "interactive", "sh", "zsh")
@@ -59,24 +61,12 @@ for _name, _fn in (("mae_zoo.run_name", run_name), ("mae_zoo.slurm_count", slurm
         OmegaConf.register_new_resolver(_name, _fn)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
 def resolve_precision(precision: str | int, accelerator: str) -> str | int:
-    """``auto``: bf16-mixed where the hardware runs it fast (bf16 GPUs, AVX512-BF16/AMX CPUs), else fp32."""
+    """``auto`` by the hardware rule (bf16-mixed on bf16 GPUs and AVX512-BF16/AMX CPUs, else fp32), for
+    evaluators; training measures instead (:mod:`mae_zoo.utils.precision`)."""
     if str(precision) != "auto":
         return precision
-    wants_gpu = accelerator in ("auto", "gpu", "cuda")
-    if wants_gpu and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    return rule_precision(accelerator)
 
 
 def make_strategy(name: str = "auto", **kwargs: Any) -> str | Strategy:
