@@ -82,7 +82,7 @@ def test_spectrogram_masks_refuse_other_layouts_and_bad_ratios():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["mask=time"], "Masks that fit this modality: ['block', 'colored_noise', 'random', 'simmim']"),
+        (["mask=time"], "Masks that fit this modality: ['block', 'colored_noise', 'mixing', 'random', 'simmim']"),
         (
             ["modality=audio", "model=audiomae_micro", "mask=tube"],
             "['block', 'frequency', 'random', 'time', 'time_frequency']",

@@ -132,7 +132,10 @@ def test_point_block_hides_the_nearest_centres():
     [
         (["modality=point", "mask=block"], "Masks that fit this modality: ['point_block', 'random']"),
         (["modality=point", "mask=tube"], "Masks that fit this modality: ['point_block', 'random']"),
-        (["mask=point_block"], "Masks that fit this modality: ['block', 'colored_noise', 'random', 'simmim']"),
+        (
+            ["mask=point_block"],
+            "Masks that fit this modality: ['block', 'colored_noise', 'mixing', 'random', 'simmim']",
+        ),
         (["modality=point", "model=pointmae_micro", "model.decoder.embed_dim=32"], "decoder has the encoder width"),
         (["modality=point", "data=mesh_folder", "data.root=null"], "reads files: set data.root"),
     ],

@@ -183,7 +183,7 @@ def test_experiment_presets_build(experiment, tmp_path):
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["mask=tube"], "Masks that fit this modality: ['block', 'colored_noise', 'random', 'simmim']"),
+        (["mask=tube"], "Masks that fit this modality: ['block', 'colored_noise', 'mixing', 'random', 'simmim']"),
         (["mask.ratio=1.0"], "(valid: a number in the open interval (0, 1))"),
         (["mask=colored_noise", "mask.ratio=0"], "(valid: a number in the open interval (0, 1))"),
         (["model.patch_size=5"], "model.patch_size=5 does not divide the image size 32"),

@@ -187,6 +187,11 @@ class MaskedAutoencoder(pl.LightningModule):
             return features
         return tokens.target
 
+    def extra_terms(self, tokens: Tokens, masks: Masks, encoded: Encoded, decoded: Decoded) -> dict[str, Tensor]:
+        """Further loss terms of a method, already weighted, added to the loss and logged as
+        ``train/loss_<name>`` (default: the decoder's own, ``decoded.terms``, e.g. CAE's alignment)."""
+        return dict(decoded.terms)
+
     def embed(self, batch: Any, block: int | None = None) -> torch.Tensor:
         """Features of the unmasked input, (B, D), for probes and retrieval: the cls row or the mean
         of the token rows, as ``embed_pool`` says, of the encoder output or, with ``block``, of that
@@ -269,10 +274,11 @@ class MaskedAutoencoder(pl.LightningModule):
             extras = {"loss_recon": loss.detach(), **{f"loss_{k}": v.detach() for k, v in terms.items()}}
             loss = distill.recon_weight * loss + sum(terms.values())
             enc_hidden, dec_hidden = enc.asked(keep), dec.asked(keep_decoder)
-        if decoded.terms:  # the decoder's own terms (CAE's alignment) add to whatever the loss is so far
-            own = {f"loss_{k}": v.detach() for k, v in decoded.terms.items()}
-            extras = {"loss_recon": loss.detach(), **extras, **own}
-            loss = loss + sum(decoded.terms.values())
+        own = self.extra_terms(tokens, masks, encoded, decoded)
+        if own:  # a method's own weighted terms (CAE's alignment, MixedAE's contrastive), logged as loss_<name>
+            extras = {"loss_recon": extras.get("loss_recon", loss.detach()), **extras}
+            extras.update({f"loss_{k}": v.detach() for k, v in own.items()})
+            loss = loss + sum(own.values())
         return MAEOutput(
             loss=loss,
             pred=decoded.pred,

@@ -4,6 +4,7 @@ from mae_zoo.masks.base import MaskConfigError, MaskGenerator, MaskLayoutError, 
 from mae_zoo.masks.block import BlockMask
 from mae_zoo.masks.colored_noise import ColoredNoiseMask
 from mae_zoo.masks.frequency import FrequencyMask
+from mae_zoo.masks.mixing import MixingMask
 from mae_zoo.masks.point_block import PointBlockMask
 from mae_zoo.masks.random import RandomMask
 from mae_zoo.masks.simmim import SimMIMMask
@@ -18,6 +19,7 @@ __all__ = [
     "MaskConfigError",
     "MaskGenerator",
     "MaskLayoutError",
+    "MixingMask",
     "PointBlockMask",
     "RandomMask",
     "SimMIMMask",
