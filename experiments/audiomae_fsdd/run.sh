@@ -9,13 +9,8 @@ OUT=${OUT:-runs/audiomae_fsdd}
 PY=${PY:-.venv/bin/python}
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $OUT/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$OUT/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-}
+R=$OUT  # step(): the runs and wall_times.tsv share this folder
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 probe() {  # split, eval option, tag, extra overrides...
   # Features are extracted once per encoder and split (the cache key holds the weights and the data
   # settings) and shared by the linear and kNN probes.

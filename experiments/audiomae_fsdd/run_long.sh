@@ -8,13 +8,8 @@ OUT=${OUT:-runs/audiomae_fsdd_long}
 PY=${PY:-.venv/bin/python}
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {
-  local tag=$1; shift
-  if [ -f "$OUT/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-}
+R=$OUT  # step(): the runs and wall_times.tsv share this folder
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 step pretrain nice -n 5 "$PY" -m mae_zoo.train experiment=audiomae_fsdd trainer.max_epochs=40 \
   'trainer.max_time="00:00:06:00"' data.num_workers=2 print_config=false hydra.run.dir="$OUT/pretrain"
 for split in standard speaker; do

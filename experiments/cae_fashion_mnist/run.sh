@@ -11,14 +11,7 @@ R=${R:-runs/cae_fmnist}
 OUT=experiments/cae_fashion_mnist/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $R/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$R/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-  cp "$R/$tag/metrics.json" "$OUT/$tag.json"
-}
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 git rev-parse HEAD > "$OUT/git_revision_cae.txt"
 git status --short >> "$OUT/git_revision_cae.txt"
 COMMON=(experiment=mae_fashion_mnist model=vit_micro trainer.max_epochs=2 optim.warmup_epochs=1 seed=$SEED

@@ -10,14 +10,7 @@ R=${R:-runs/distill_video_moving}
 OUT=experiments/distill_video_moving/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $R/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$R/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-  cp "$R/$tag/metrics.json" "$OUT/$tag.json"
-}
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 train() {  # name, overrides...
   local name=$1; shift
   step "$name" nice -n 10 "$PY" -m mae_zoo.train experiment=videomae_moving print_config=false logger=csv seed=0 "$@" \

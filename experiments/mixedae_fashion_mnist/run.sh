@@ -11,14 +11,7 @@ R=${R:-runs/mixedae_fmnist}
 OUT=experiments/mixedae_fashion_mnist/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $R/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$R/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-  cp "$R/$tag/metrics.json" "$OUT/$tag.json"
-}
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 # modality=mixing turns the image MAE into MixedAE; mask=mixing must follow the preset (it sets mask=random).
 COMMON=(experiment=mae_fashion_mnist model=vit_micro trainer.max_epochs=2 optim.warmup_epochs=1 seed=$SEED
         print_config=false logger=csv callbacks.online_probe.enabled=false)

@@ -10,14 +10,7 @@ R=${R:-runs/simmim_fmnist}
 OUT=experiments/simmim_fashion_mnist/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $R/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$R/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-  cp "$R/$tag/metrics.json" "$OUT/$tag.json"
-}
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 # 28 px, patch 4: a 7 x 7 token grid; SimMIM's 32 px cells do not fit, so cells are single tokens (mask.cell=1).
 COMMON=(experiment=mae_fashion_mnist model=vit_micro trainer.max_epochs=2 optim.warmup_epochs=1 seed=$SEED
         print_config=false logger=csv callbacks.online_probe.enabled=false)

@@ -8,13 +8,8 @@ OUT=${OUT:-runs/videomae_moving}
 PY=${PY:-python}
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-step() {  # tag, command...: skipped when $OUT/tag/metrics.json exists; appends "tag<TAB>seconds"
-  local tag=$1; shift
-  if [ -f "$OUT/$tag/metrics.json" ]; then echo "skip $tag (done)"; return; fi
-  local start=$SECONDS
-  "$@"
-  printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
-}
+R=$OUT  # step(): the runs and wall_times.tsv share this folder
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
 train() {  # name, overrides...
   local name=$1; shift
   step "$name" nice -n 10 "$PY" -m mae_zoo.train experiment=videomae_moving print_config=false "$@" \

@@ -22,7 +22,7 @@ from mae_zoo.core.errors import ConfigError
 from mae_zoo.data.base import MAEDataModule, SkippedFiles, count_skipped
 from mae_zoo.data.cells import CLASSES as CELL_CLASSES
 from mae_zoo.data.cells import make_cells
-from mae_zoo.data.image import collate_skipping_none
+from mae_zoo.data.image import TensorImages, collate_skipping_none
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +76,6 @@ class ChannelTransform:
             if torch.rand(()) < 0.5:
                 x = x.flip(-2)
         return (x - self.mean) / self.std
-
-
-class TensorStacks(Dataset):
-    """(N, C, H, W) uint8 stacks with labels, transformed on access."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[i]), int(self.labels[i])
 
 
 class StackFolder(Dataset):
@@ -180,7 +167,7 @@ class MultiChannelDataModule(MAEDataModule):
             num, seed = (self.num_train, self.cells_seed) if train else (self.num_val, self.cells_seed + 1)
             images, labels = make_cells(num, size=self.image_size, seed=seed)
             self._classes = list(CELL_CLASSES)
-            return TensorStacks(images, labels, transform)
+            return TensorImages(images, labels, transform)
         assert self.root is not None
         split = os.path.join(self.root, "train" if train else "val")
         if not os.path.isdir(split):
