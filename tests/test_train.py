@@ -72,8 +72,9 @@ def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
         "data.batch_size=32",
         "data.num_workers=0",
         "trainer.max_epochs=-1",
-        "trainer.max_steps=200",
+        "trainer.max_steps=60",
         "callbacks.model_checkpoint.every_n_train_steps=5",
+        "precision_probe.enabled=false",  # the resume is under test, not the start-up measurement (tested apart)
         f"hydra.run.dir={run}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -89,17 +90,17 @@ def test_kill_and_resume_continues_at_the_step_it_reached(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     reached = _ckpt_step(last)
-    assert 10 <= reached < 200, f"the run was not killed mid-way (checkpoint at step {reached})"
+    assert 10 <= reached < 60, f"the run was not killed mid-way (checkpoint at step {reached})"
     assert not (run / "metrics.json").exists()
     res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {last}" in res.stdout
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["trainer/global_step"] == 200  # continued, did not restart from 0 or overshoot
+    assert metrics["trainer/global_step"] == 60  # continued, did not restart from 0 or overshoot
     with open(run / "csv" / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     steps = [int(row["step"]) for row in rows]
-    assert min(steps) < reached and max(steps) >= 190  # history from before the kill is kept
+    assert min(steps) < reached and max(steps) >= 50  # history from before the kill is kept
     train_steps = [int(row["step"]) for row in rows if row.get("train/loss")]
     assert len(train_steps) == len(set(train_steps))  # steps run again after the resume are not listed twice
 
