@@ -24,7 +24,6 @@ The encoder exports as the timm model itself (:func:`export_timm_convnet`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -368,14 +367,10 @@ def export_timm_convnet(model: SparK, out_dir: str | Path) -> list[Path]:
     """Write ``model.safetensors`` and ``model.json`` (the spec); checked first with a strict load into
     the timm model the spec builds, so an export timm cannot load is never written."""
     import timm
-    from safetensors.torch import save_file
+
+    from mae_zoo.weights.timm_export import write_timm_files
 
     spec, state = timm_convnet_spec(model), timm_convnet_state_dict(model)
     probe = timm.create_model(spec["model_name"], pretrained=False, **spec["model_args"])
     probe.load_state_dict(state, strict=True)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights, meta = out / "model.safetensors", out / "model.json"
-    save_file(state, str(weights), metadata={"format": "pt"})
-    meta.write_text(json.dumps(spec, indent=2) + "\n")
-    return [weights, meta]
+    return write_timm_files(out_dir, spec, state)

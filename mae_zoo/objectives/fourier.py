@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 
 from mae_zoo.core.errors import ConfigError
-from mae_zoo.objectives.base import masked_mean, normalize_per_token
 from mae_zoo.objectives.mse import MaskedMSE
 
 
@@ -44,13 +43,7 @@ class MaskedMSEFourier(MaskedMSE):
         spectrum = lambda x: torch.fft.fft2(x.unflatten(-1, (p, p))).abs()  # noqa: E731
         return (spectrum(pred) - spectrum(target)).abs().flatten(-2).mean(dim=-1)
 
-    def forward(
-        self, pred: torch.Tensor, target: torch.Tensor, score: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        target = target.float()
-        if self.norm_pix_loss:
-            target = normalize_per_token(target, self.eps)
-        pred = pred.float()
+    def error(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token error: MSE and the Fourier term, mixed by ``fourier_weight``."""
         w = self.fourier_weight
-        per_token = (1 - w) * self.error(pred, target) + w * self.fourier_error(pred, target)
-        return masked_mean(per_token, score), target
+        return (1 - w) * super().error(pred, target) + w * self.fourier_error(pred, target)

@@ -104,7 +104,6 @@ def export_timm(model: ImageMAE, out_dir: str | Path) -> list[Path]:
     ``model.json`` describes (built on the meta device, so this costs no memory), so an export
     that timm could not load is never written.
     """
-    from safetensors.torch import save_file
 
     spec = timm_spec(model)
     state = timm_state_dict(model)
@@ -113,6 +112,13 @@ def export_timm(model: ImageMAE, out_dir: str | Path) -> list[Path]:
     except TypeError:  # a timm without the device argument
         probe = build_timm(spec)
     probe.load_state_dict(state, strict=True, assign=True)
+    return write_timm_files(out_dir, spec, state)
+
+
+def write_timm_files(out_dir: str | Path, spec: dict[str, Any], state: dict[str, torch.Tensor]) -> list[Path]:
+    """``model.safetensors`` (``state``) and ``model.json`` (``spec``) in ``out_dir``; returns both paths."""
+    from safetensors.torch import save_file
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights, meta = out / "model.safetensors", out / "model.json"
