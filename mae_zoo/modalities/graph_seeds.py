@@ -125,6 +125,7 @@ class GraphMAESeeds(MaskedAutoencoder):
         self.node_mask: NodeMask = self.mask_generator
         self.num_seeds = int(seeds)
         self.in_dim: int | None = None
+        self._graph: SeedGraph | None = None
         if in_dim is not None:
             self._build(int(in_dim))
 
@@ -182,7 +183,9 @@ class GraphMAESeeds(MaskedAutoencoder):
 
     def seed_losses(self, batch: Any, stage: str, step: int) -> torch.Tensor:
         """(S,) each seed's GraphMAE loss on the batch's graph."""
-        graph = SeedGraph.build(batch.x, batch.edge_index)
+        graph = self._graph
+        if graph is None or not graph.same(batch.x.float(), batch.edge_index):  # full batch: built once
+            graph = self._graph = SeedGraph.build(batch.x, batch.edge_index)
         return self.stack.losses(graph, self.plan(graph.num_nodes, stage, step), self.sce.alpha)
 
     def step_loss(self, batch: Any, stage: str, step: int) -> tuple[torch.Tensor, torch.Tensor]:

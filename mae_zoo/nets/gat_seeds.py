@@ -54,7 +54,7 @@ class SeedGraph:
 
     @classmethod
     def build(cls, x: torch.Tensor, edge_index: torch.Tensor) -> SeedGraph:
-        x = x.float()
+        x, edge_index_in = x.float(), edge_index
         n = x.shape[0]
         rows, col = x.nonzero(as_tuple=True)  # row-major: the CSR order
         crow = torch.zeros(n + 1, dtype=torch.long, device=x.device)
@@ -63,55 +63,76 @@ class SeedGraph:
         edge_index, _ = add_self_loops(edge_index, num_nodes=n)
         order = torch.argsort(edge_index[1] * n + edge_index[0])
         src, dst = edge_index[0, order], edge_index[1, order]
-        return cls(x, crow, col, x[rows, col], src, dst)
+        graph = cls(x, crow, col, x[rows, col], src, dst)
+        graph.__dict__["_raw"] = (x, edge_index_in)
+        return graph
 
     @property
     def num_nodes(self) -> int:
         return int(self.x.shape[0])
 
-    def pattern(self, blocks: int) -> Pattern:
-        """The block-diagonal aggregation pattern for ``blocks`` (seed, head) pairs (cached)."""
-        cache: dict[int, Pattern] = self.__dict__.setdefault("_patterns", {})
-        if blocks not in cache:
-            cache[blocks] = Pattern.build(self.src, self.dst, self.num_nodes, blocks)
-        return cache[blocks]
+    def pattern(self, seeds: int, heads: int) -> Pattern:
+        """The aggregation pattern for ``seeds`` x ``heads`` (cached on this graph)."""
+        cache: dict[tuple[int, int], Pattern] = self.__dict__.setdefault("_patterns", {})
+        if (seeds, heads) not in cache:
+            cache[seeds, heads] = Pattern.build(self.src, self.dst, self.num_nodes, seeds, heads)
+        return cache[seeds, heads]
+
+    def same(self, x: torch.Tensor, edge_index: torch.Tensor) -> bool:
+        """Whether this was built from ``x`` and ``edge_index`` (full-batch: the same graph every step)."""
+        raw = self.__dict__.get("_raw")
+        return raw is not None and all(
+            a.shape == b.shape and a.device == b.device and torch.equal(a, b) for a, b in zip(raw, (x, edge_index))
+        )
 
 
 @dataclass
 class Pattern:
-    """CSR structure of ``blocks`` copies of the (dst x src) adjacency on the diagonal (forward), and
-    of its transpose (backward: ``perm`` takes edge-order values to the transpose's order)."""
+    """CSR structure of the aggregation ``out[s, i, h] = sum_{e: j -> i} alpha[s, e, h] x[s, j, h]`` on
+    node features in their natural (S, N, H, C) layout, viewed as (S*N*H, C) rows: row ``(s, i, h)``
+    holds the edges into ``i`` for head ``h`` (so no permute copies of features). ``order`` takes the
+    (E*H) per-seed attention values (edge-major) to the CSR order; ``*_t``: the transpose (backward)."""
 
     crow: torch.Tensor
     col: torch.Tensor
+    order: torch.Tensor
     crow_t: torch.Tensor
     col_t: torch.Tensor
-    perm: torch.Tensor
+    order_t: torch.Tensor
     size: int
 
     @classmethod
-    def build(cls, src: torch.Tensor, dst: torch.Tensor, n: int, blocks: int) -> Pattern:
-        e = src.numel()
+    def build(cls, src: torch.Tensor, dst: torch.Tensor, n: int, seeds: int, heads: int) -> Pattern:
+        flat = torch.arange(src.numel() * heads, device=src.device)
+        edge, head = flat // heads, flat % heads
+        rows_per_seed, entries_per_seed = n * heads, flat.numel()
+        seed = torch.arange(seeds, device=src.device)[:, None]
 
-        def block_csr(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            crow = torch.cumsum(torch.bincount(rows, minlength=n), 0) - torch.bincount(rows, minlength=n)
-            block = torch.arange(blocks, device=src.device)[:, None]
-            total = torch.tensor([blocks * e], device=src.device)
-            return torch.cat([(crow[None] + block * e).reshape(-1), total]), (cols[None] + block * n).reshape(-1)
+        def csr(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            key = rows * heads + head
+            order = torch.argsort(key, stable=True)  # edge order kept inside a row: columns ascend
+            counts = torch.bincount(key, minlength=rows_per_seed)
+            crow = torch.cumsum(counts, 0) - counts
+            total = torch.tensor([seeds * entries_per_seed], device=src.device)
+            crow = torch.cat([(crow[None] + seed * entries_per_seed).reshape(-1), total])
+            col = (cols[edge[order]] * heads + head[order])[None] + seed * rows_per_seed
+            return crow, col.reshape(-1), order
 
-        perm = torch.argsort(src * n + dst)  # edges are sorted by (dst, src); the transpose by (src, dst)
-        crow, col = block_csr(dst, src)
-        crow_t, col_t = block_csr(src[perm], dst[perm])
-        return cls(crow, col, crow_t, col_t, perm, blocks * n)
+        crow, col, order = csr(dst[edge], src)
+        crow_t, col_t, order_t = csr(src[edge], dst)
+        return cls(crow, col, order, crow_t, col_t, order_t, seeds * rows_per_seed)
 
     def matrix(self, values: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        crow, col = (self.crow_t, self.col_t) if transpose else (self.crow, self.col)
-        return torch.sparse_csr_tensor(crow, col, values.reshape(-1), (self.size, self.size), check_invariants=False)
+        """The sparse matrix with ``values`` (S, E*H) in edge-major order."""
+        crow, col, order = (self.crow_t, self.col_t, self.order_t) if transpose else (self.crow, self.col, self.order)
+        return torch.sparse_csr_tensor(
+            crow, col, values[:, order].reshape(-1), (self.size, self.size), check_invariants=False
+        )
 
 
 class _Aggregate(torch.autograd.Function):
-    """``out[b, i] = sum_{j -> i} alpha[b, e] x[b, j]`` for blocks b = (seed, head), as sparse products:
-    PyG's gather-multiply-scatter would write an (S, E, H, C) message tensor (0.5 GB at S=20 on Cora)
+    """``out[s, i, h] = sum_{e: j -> i} alpha[s, e, h] x[s, j, h]`` as one sparse product: PyG's
+    gather-multiply-scatter would write an (S, E, H, C) message tensor (0.5 GB at S=20 on Cora)
     forward and backward. Backward: ``A^T grad`` for x, and the sampled product ``<grad_i, x_j>`` on
     the edges (SDDMM) for alpha."""
 
@@ -128,10 +149,11 @@ class _Aggregate(torch.autograd.Function):
         grad = grad.contiguous()
         grad_alpha = grad_x = None
         if ctx.needs_input_grad[1]:
-            grad_x = torch.sparse.mm(pattern.matrix(alpha[:, pattern.perm], transpose=True), grad)
+            grad_x = torch.sparse.mm(pattern.matrix(alpha, transpose=True), grad)
         if ctx.needs_input_grad[0]:
             sampled = torch.sparse.sampled_addmm(pattern.matrix(torch.zeros_like(alpha)), grad, x.t(), beta=0.0)
-            grad_alpha = sampled.values().view_as(alpha)
+            grad_alpha = torch.empty_like(alpha)
+            grad_alpha[:, pattern.order] = sampled.values().view_as(alpha)  # back to edge-major order
         return grad_alpha, grad_x, None
 
 
@@ -139,9 +161,9 @@ def aggregate(alpha: torch.Tensor, x: torch.Tensor, graph: SeedGraph) -> torch.T
     """GAT's weighted sum over incoming edges: alpha (S, E, H) in ``graph``'s edge order, x (S, N, H, C)
     -> (S, N, H, C)."""
     s, n, h, c = x.shape
-    blocks = x.permute(0, 2, 1, 3).reshape(s * h * n, c)  # block (seed, head) major
-    out = _Aggregate.apply(alpha.permute(0, 2, 1).reshape(s * h, -1), blocks, graph.pattern(s * h))
-    return out.view(s, h, n, c).permute(0, 2, 1, 3)
+    pattern = graph.pattern(s, h)
+    out = _Aggregate.apply(alpha.reshape(s, -1), x.reshape(s * n * h, c), pattern)
+    return out.view(s, n, h, c)
 
 
 @dataclass
@@ -208,8 +230,8 @@ class StackedGAT(nn.Module):
                 prelu_weight(layer).copy_(self.prelu[i])
 
     def act(self, h: torch.Tensor) -> torch.Tensor:
-        if self.prelu is not None:  # per-seed slope: (S, 1, 1) against (S, N, D)
-            return torch.where(h >= 0, h, self.prelu[:, :, None] * h)
+        if self.prelu is not None:  # per-seed slope: the seed axis as PReLU's channel axis (one fused kernel)
+            return F.prelu(h.reshape(1, h.shape[0], -1), self.prelu.view(-1)).view_as(h)
         if self.activation == "identity":
             return h
         return ACTIVATIONS[self.activation](h)
@@ -228,21 +250,23 @@ class StackedGAT(nn.Module):
 
 
 class _TokenRows(torch.autograd.Function):
-    """The first layer on the [MASK]-token rows: ``(keep * m / (1 - p)) @ W`` per seed, with ``keep``
-    the (S, T, F) 0/1 dropout draw. Written as ``keep @ (m * W)`` so that the backward needs one
-    product, ``Q = keep^T grad``, for both gradients: ``grad W = m * Q``, ``grad m = rowsum(W * Q)``
-    (autograd on the dense dropout would do two, and materialise the dropped inputs)."""
+    """The first layer on the [MASK]-token rows: ``(keep * m * scale) @ W`` per seed, with ``keep``
+    the (S, T, F) 0/1 dropout draw and ``scale = 1 / (1 - p)``. Written as ``keep @ (scale * m * W)``
+    so that the backward needs one product, ``Q = keep^T grad``, for both gradients:
+    ``grad W = scale * m * Q``, ``grad m = scale * rowsum(W * Q)`` (autograd on the dense dropout would
+    do two, and materialise the dropped inputs)."""
 
     @staticmethod
-    def forward(ctx: Any, token: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, token: torch.Tensor, weight: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(token, weight, keep)
-        return torch.bmm(keep, token[:, :, None] * weight)
+        ctx.scale = scale
+        return torch.bmm(keep, (scale * token)[:, :, None] * weight)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:
         token, weight, keep = ctx.saved_tensors
         q = torch.bmm(keep.transpose(1, 2), grad)  # (S, F, H*C)
-        return (weight * q).sum(-1), token[:, :, None] * q, None
+        return ctx.scale * (weight * q).sum(-1), (ctx.scale * token)[:, :, None] * q, None, None
 
 
 class SeedStack(nn.Module):
@@ -305,8 +329,8 @@ class SeedStack(nn.Module):
             return h
         t = plan.tokens.shape[1]
         if self.training and layer.feat_drop > 0:  # each token row drops its own entries
-            keep = torch.empty(s, t, f, device=device).bernoulli_(1.0 - layer.feat_drop) / (1.0 - layer.feat_drop)
-            token_h = _TokenRows.apply(self.mask_token, layer.weight, keep)
+            keep = torch.empty(s, t, f, device=device).bernoulli_(1.0 - layer.feat_drop)
+            token_h = _TokenRows.apply(self.mask_token, layer.weight, keep, 1.0 / (1.0 - layer.feat_drop))
         else:  # every token row is the same vector: project it once
             token_h = torch.bmm(self.mask_token[:, None], layer.weight).expand(s, t, -1)
         # Token rows of h are zero (no X entries), so a scatter-add puts the token projection there.
