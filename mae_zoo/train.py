@@ -84,11 +84,12 @@ def build(
     (``precision_probe``; :mod:`mae_zoo.utils.precision`), as :func:`train` does; without it (tests,
     benchmarks that build many trainers) ``auto`` follows the hardware rule."""
     datamodule = instantiate_checked(cfg.data, _convert_="all")
-    seeds = int(cfg.get("seeds", 1))
+    seeds, last_every = int(cfg.get("seeds", 1)), 1
     if seeds > 1:  # several seeds as one batched model (graph only; checked here, at start-up)
-        from mae_zoo.modalities.graph_seeds import seeds_module_config
+        from mae_zoo.modalities.graph_seeds import SEEDS_CHECKPOINT_EVERY, seeds_module_config
 
         module = instantiate_checked(seeds_module_config(cfg, seeds), _recursive_=False, _convert_="all")
+        last_every = SEEDS_CHECKPOINT_EVERY
     else:
         module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
     if isinstance(module, MaskedAutoencoder):
@@ -105,7 +106,14 @@ def build(
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
-        callbacks=[*callbacks, _FitProgress(), LastCheckpoint(), RNGState(), DataCheck(), WandbResolvedConfig(cfg)],
+        callbacks=[
+            *callbacks,
+            _FitProgress(),
+            LastCheckpoint(every_n_epochs=last_every),
+            RNGState(),
+            DataCheck(),
+            WandbResolvedConfig(cfg),
+        ],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.paths.run_dir,
