@@ -153,6 +153,7 @@ def test_seeds_run_writes_the_per_seed_table(tmp_path):
         ["model.encoder.residual=true"],
         ["model.encoder.norm=layernorm"],
         ["mask=edge"],
+        ["model.decoder.heads=2"],
     ],
 )
 def test_unsupported_seed_configs_fail_at_start_up(overrides):

@@ -50,7 +50,7 @@ SEEDS_CHECKPOINT_EVERY = 50
 
 SUPPORTED = (
     "seeds > 1 trains node-level GraphMAE only (modality=graph, e.g. experiment=graphmae_cora) with: "
-    "model.encoder.kind=gat and model.decoder.kind=gat, residual=false, norm=null; mask=node with "
+    "model.encoder.kind=gat and model.decoder.kind=gat (one head), residual=false, norm=null; mask=node with "
     "mask.drop_edge_rate=0; objective=sce on hidden nodes; optim.decay_all=true; no teacher, distill or "
     "decoder_mask; module.pooling=null; node-level data (data=planetoid|sbm); one device; "
     "final_eval=node_linear or null"
@@ -67,6 +67,8 @@ def seeds_module_config(cfg: DictConfig, seeds: int) -> DictConfig:
         enc, dec = module.encoder, module.decoder
         if enc.get("kind") != "gat" or dec.get("kind") != "gat":
             problems.append(f"model kinds are {enc.get('kind')}/{dec.get('kind')}")
+        if int(dec.get("heads", 1)) != 1:
+            problems.append(f"model.decoder.heads={dec.get('heads')}")
         if enc.get("residual") or enc.get("norm") is not None:
             problems.append(f"residual={enc.get('residual')}, norm={enc.get('norm')}")
         if module.get("pooling") is not None:
