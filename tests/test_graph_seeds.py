@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch_geometric.data import Data
 
 from conftest import compose_cfg
+from mae_zoo.callbacks.last_checkpoint import LastCheckpoint
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import mask_seed
 from mae_zoo.modalities.graph import GraphMAE
@@ -167,3 +169,13 @@ def test_seeds_1_builds_the_plain_graphmae(tmp_path):
     assert type(module) is GraphMAE
     module, _, _ = build(compose_cfg([*GRAPH_FAST, "seeds=3"], tmp_path / "run"))
     assert isinstance(module, GraphMAESeeds) and module.num_seeds == 3
+
+
+@pytest.mark.parametrize(("every", "saved"), [(1, [0, 1, 2, 3, 4, 5, 6]), (3, [2, 5, 6])])
+def test_last_checkpoint_every_n_epochs_keeps_the_last_epoch(every, saved):
+    callback, seen = LastCheckpoint(every_n_epochs=every), []
+    callback.save = lambda trainer: seen.append(trainer.current_epoch)  # type: ignore[method-assign]
+    for epoch in range(7):
+        trainer = SimpleNamespace(current_epoch=epoch, max_epochs=7, sanity_checking=False)
+        callback.on_train_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert seen == saved
