@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -84,7 +85,8 @@ class EpochTimer(pl.Callback):
         self.stamps.append(time.perf_counter())
 
 
-def lightning_block(root: str, cache: str, epochs: int, warmup: int) -> list[float]:
+def lightning_block(root: str, cache: str, epochs: int, warmup: int, extra: Sequence[str] = ()) -> list[float]:
+    """Epoch times of ``python -m mae_zoo.train experiment=graphmae_cora`` (plus ``extra`` overrides)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(
@@ -98,6 +100,7 @@ def lightning_block(root: str, cache: str, epochs: int, warmup: int) -> list[flo
                 "final_eval=null",
                 "results_file=null",
                 "print_config=false",
+                *extra,
             ],
         )
     run_dir = tempfile.mkdtemp(prefix="bench_graph_")

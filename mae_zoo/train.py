@@ -84,7 +84,14 @@ def build(
     (``precision_probe``; :mod:`mae_zoo.utils.precision`), as :func:`train` does; without it (tests,
     benchmarks that build many trainers) ``auto`` follows the hardware rule."""
     datamodule = instantiate_checked(cfg.data, _convert_="all")
-    module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
+    seeds, last_every = int(cfg.get("seeds", 1)), 1
+    if seeds > 1:  # several seeds as one batched model (graph only; checked here, at start-up)
+        from mae_zoo.modalities.graph_seeds import SEEDS_CHECKPOINT_EVERY, seeds_module_config
+
+        module = instantiate_checked(seeds_module_config(cfg, seeds), _recursive_=False, _convert_="all")
+        last_every = SEEDS_CHECKPOINT_EVERY
+    else:
+        module = instantiate_checked(cfg.module, _recursive_=False, _convert_="all")
     if isinstance(module, MaskedAutoencoder):
         with config_errors_surface():  # the teacher's binding and the distillation heads: their errors come now
             module.configure_model()
@@ -99,7 +106,14 @@ def build(
     trainer = pl.Trainer(
         **trainer_kwargs,
         strategy=instantiate_checked(cfg.strategy),
-        callbacks=[*callbacks, _FitProgress(), LastCheckpoint(), RNGState(), DataCheck(), WandbResolvedConfig(cfg)],
+        callbacks=[
+            *callbacks,
+            _FitProgress(),
+            LastCheckpoint(every_n_epochs=last_every),
+            RNGState(),
+            DataCheck(),
+            WandbResolvedConfig(cfg),
+        ],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=cfg.paths.run_dir,
@@ -160,6 +174,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.get("print_config", True):
                 print_config_tree(cfg)
         final_eval = instantiate_checked(cfg.final_eval, _convert_="all") if cfg.get("final_eval") else None
+        if final_eval is not None and int(cfg.get("seeds", 1)) > 1:
+            from mae_zoo.modalities.graph_seeds import SeedTable
+
+            final_eval = SeedTable(final_eval)  # the probe on every seed's model, and seeds.md
         if final_eval is not None:
             with config_errors_surface():  # a protocol that does not fit the data fails now, not after training
                 final_eval.check(module, datamodule)
@@ -187,7 +205,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             write_metrics(metrics, run_dir)
             log_final_metrics(trainer.loggers, metrics)  # W&B: final/metrics table + summary
             if cfg.get("results_file"):
-                print(f"results: {record_result(cfg.results_file, cfg.seed, metrics, str(run_dir))}")
+                # One row per seed: a seeds=S job fills the same table as S one-seed runs.
+                rows = getattr(final_eval, "rows", None) or [{"seed": cfg.seed, "metrics": metrics}]
+                for row in rows:
+                    table = record_result(cfg.results_file, row["seed"], row["metrics"], str(run_dir))
+                print(f"results: {table}")
         return metrics
     finally:
         finish_wandb()

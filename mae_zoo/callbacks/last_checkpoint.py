@@ -19,6 +19,11 @@ class LastCheckpoint(pl.Callback):
     It goes through ModelCheckpoint's own save-last path so that the callback keeps track of the file
     (a file written behind its back would make it version the next one as ``last-v1.ckpt``)."""
 
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        # > 1: only every n-th epoch end (and the last one), for models whose checkpoint costs more
+        # than an epoch (a many-seed GraphMAE stack: ~0.5 GB of weights and Adam moments per save).
+        self.every_n_epochs = max(1, int(every_n_epochs))
+
     def save(self, trainer: pl.Trainer) -> None:
         callback = trainer.checkpoint_callback
         if isinstance(callback, ModelCheckpoint) and callback.save_last:
@@ -26,7 +31,9 @@ class LastCheckpoint(pl.Callback):
             callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
+        if not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or last):
             self.save(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

@@ -237,6 +237,23 @@ def split_counts(num_masked: int, replace_rate: float) -> tuple[int, int]:
     return int((1.0 - replace_rate) * num_masked), int(replace_rate * num_masked)
 
 
+def corruption_plan(
+    mask: torch.Tensor, replace_rate: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random draws of :func:`corrupt_nodes`, in its order, without touching features: (token
+    nodes, noise nodes, the nodes whose features the noise nodes take). The batched many-seed model
+    (``mae_zoo.nets.gat_seeds``) uses it to draw exactly what the one-seed model draws."""
+    masked = mask.nonzero().flatten()
+    num_tokens, num_noise = split_counts(masked.numel(), replace_rate)
+    order = masked[torch.randperm(masked.numel(), generator=generator).to(mask.device)]
+    token_nodes = order[:num_tokens]
+    noise_nodes = order[masked.numel() - num_noise :] if num_noise > 0 else order[:0]
+    sources = (
+        torch.randperm(mask.shape[0], generator=generator)[:num_noise].to(mask.device) if num_noise > 0 else order[:0]
+    )
+    return token_nodes, noise_nodes, sources
+
+
 def corrupt_nodes(
     x: torch.Tensor,
     mask: torch.Tensor,
@@ -250,19 +267,14 @@ def corrupt_nodes(
     take the features of random nodes ("noise" nodes). Both counts are floored separately, so one or
     two hidden nodes may keep their own features; they still count as hidden for re-masking and the
     loss, exactly as in the official code. Returns the features and the bool vector of token nodes."""
-    masked = mask.nonzero().flatten()
-    num_tokens, num_noise = split_counts(masked.numel(), replace_rate)
-    order = masked[torch.randperm(masked.numel(), generator=generator).to(x.device)]
-    token_nodes = order[:num_tokens]
+    token_nodes, noise_nodes, sources = corruption_plan(mask.to(x.device), replace_rate, generator)
     out = x.clone()
     out[token_nodes] = 0.0
-    if num_noise > 0:
-        noise_nodes = order[masked.numel() - num_noise :]
-        sources = torch.randperm(x.shape[0], generator=generator)[:num_noise].to(x.device)
+    if noise_nodes.numel() > 0:
         out[noise_nodes] = x[sources]
     out[token_nodes] = out[token_nodes] + mask_token.to(out.dtype)
     is_token = torch.zeros_like(mask)
-    is_token[token_nodes] = True
+    is_token[token_nodes.to(mask.device)] = True
     return out, is_token
 
 
