@@ -92,6 +92,10 @@ clean:
 	rm -rf runs multirun outputs .pytest_cache
 
 # Point clouds (issue 15): the experiments/pointmae_meshes record (<= 14 min pre-training + 12 evaluations).
+.PHONY: record-spark-fashion-mnist
+record-spark-fashion-mnist: install  ## experiments/spark_fashion_mnist: SparK at MAE's budget (about 15 min on a quiet 2-core CPU)
+	PY=$(PY) bash experiments/spark_fashion_mnist/run.sh $(or $(SEED),0)
+
 .PHONY: record-pointmae-meshes bench-point
 record-pointmae-meshes: install
 	PYTHON=$(PY) bash experiments/pointmae_meshes/run.sh
