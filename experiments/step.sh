@@ -10,3 +10,11 @@ step() {
   printf '%s\t%s\n' "$tag" "$((SECONDS - start))" >> "$OUT/wall_times.tsv"
   if [ "$R" != "$OUT" ]; then cp "$R/$tag/metrics.json" "$OUT/$tag.json"; fi
 }
+
+# probe RUN EVAL TAG [OVERRIDES...]: `mae_zoo.eval` of $R/RUN's last checkpoint as a resumable step
+# named eval_EVAL_TAG (features cached in $R/feature_cache, shared by the probes of one encoder).
+probe() {
+  local run=$1 ev=$2 tag=$3; shift 3
+  step "eval_${ev}_$tag" nice -n 10 "$PY" -m mae_zoo.eval ckpt="$R/$run/checkpoints/last.ckpt" eval="$ev" \
+    print_config=false seed="$SEED" eval.feature_cache="$R/feature_cache" "$@" hydra.run.dir="$R/eval_${ev}_${tag}"
+}

@@ -10,7 +10,7 @@ R=${R:-runs/simmim_fmnist}
 OUT=experiments/simmim_fashion_mnist/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND... and probe RUN EVAL TAG...: resumable, timed
 # 28 px, patch 4: a 7 x 7 token grid; SimMIM's 32 px cells do not fit, so cells are single tokens (mask.cell=1).
 COMMON=(experiment=mae_fashion_mnist model=vit_micro trainer.max_epochs=2 optim.warmup_epochs=1 seed=$SEED
         print_config=false logger=csv callbacks.online_probe.enabled=false)
@@ -18,11 +18,6 @@ step mae_seed$SEED nice -n 10 "$PY" -m mae_zoo.train "${COMMON[@]}" hydra.run.di
 step simmim_seed$SEED nice -n 10 "$PY" -m mae_zoo.train "${COMMON[@]}" mask=simmim mask.cell=1 mask.ratio=0.6 \
   objective=masked_l1 model.encoder.kind=masked model.decoder.kind=linear \
   hydra.run.dir=$R/simmim_seed$SEED
-probe() {  # run, eval, tag, extra overrides...
-  local run=$1 ev=$2 tag=$3; shift 3
-  step "eval_${ev}_$tag" nice -n 10 "$PY" -m mae_zoo.eval ckpt="$R/$run/checkpoints/last.ckpt" eval="$ev" \
-    print_config=false seed=$SEED eval.feature_cache="$R/feature_cache" "$@" hydra.run.dir="$R/eval_${ev}_${tag}"
-}
 for ev in linear knn; do
   probe mae_seed$SEED $ev mae_seed$SEED
   probe simmim_seed$SEED $ev simmim_seed$SEED

@@ -11,8 +11,8 @@ R=${R:-runs/spark_fmnist}
 OUT=experiments/spark_fashion_mnist/raw
 export WANDB_MODE=disabled
 mkdir -p "$OUT"
-source "$(dirname "$0")/../step.sh"  # step TAG COMMAND...: resumable, timed
-git rev-parse HEAD > "$OUT/git_revision_seed$SEED.txt"
+source "$(dirname "$0")/../step.sh"  # step TAG COMMAND... and probe RUN EVAL TAG...: resumable, timed
+[ -f "$OUT/git_revision_seed$SEED.txt" ] || git rev-parse HEAD > "$OUT/git_revision_seed$SEED.txt"  # the first run's revision
 # spark_micro's output stride is 8, so 28 px images are resized to 32 (a 4 x 4 grid of 8 px mask cells).
 COMMON=(experiment=mae_fashion_mnist modality=spark model=spark_micro data.image_size=32 mask.ratio=0.6
         trainer.max_epochs=2 optim.warmup_epochs=1 seed=$SEED
@@ -22,11 +22,6 @@ step spark_lamb_seed$SEED nice -n 10 "$PY" -m mae_zoo.train "${COMMON[@]}" optim
   optim.weight_decay=0.04 hydra.run.dir=$R/spark_lamb_seed$SEED
 # ... and MAE's (AdamW, blr 1.5e-4, wd 0.05), so that the two methods differ only in the method.
 step spark_adamw_seed$SEED nice -n 10 "$PY" -m mae_zoo.train "${COMMON[@]}" hydra.run.dir=$R/spark_adamw_seed$SEED
-probe() {  # run, eval, tag, extra overrides...
-  local run=$1 ev=$2 tag=$3; shift 3
-  step "eval_${ev}_$tag" nice -n 10 "$PY" -m mae_zoo.eval ckpt="$R/$run/checkpoints/last.ckpt" eval="$ev" \
-    print_config=false seed=$SEED eval.feature_cache="$R/feature_cache" "$@" hydra.run.dir="$R/eval_${ev}_${tag}"
-}
 for ev in linear knn; do
   probe spark_lamb_seed$SEED $ev spark_lamb_seed$SEED
   probe spark_adamw_seed$SEED $ev spark_adamw_seed$SEED
