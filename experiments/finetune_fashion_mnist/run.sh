@@ -51,4 +51,11 @@ for blr in $BLRS; do for arm in mae random; do ft $arm $blr 0; done; done
 for seed in $SEEDS; do  # arm by arm within a seed: a run cut short leaves both arms with the same seeds
   while read -r arm blr; do ft "$arm" "$blr" "$seed"; done < "$OUT/chosen_blr.txt"
 done
+# 3. beside them (cheap): linear probes (eval defaults) trained on the same 1 000 images, scored on the carved
+#    val split (the linear evaluator has no test split): MAE, random init, raw pixels
+for arm in mae random pixels; do
+  extra=(); [ $arm = random ] && extra=(init=random); [ $arm = pixels ] && extra=(eval.features=pixels)
+  step linear_$arm nice -n 5 "$PY" -m mae_zoo.eval ckpt=$CKPT eval=linear "${extra[@]}" seed=0 print_config=false \
+    "${SPLIT[@]}" hydra.run.dir=$R/linear_$arm
+done
 "$PY" experiments/finetune_fashion_mnist/summarize.py | tee "$OUT/summary.md"
