@@ -51,6 +51,13 @@ ft() {  # arm blr seed
   cp $R/$tag/finetune_curve.csv "$OUT/$tag.curve.csv"
 }
 for blr in $BLRS; do for arm in mae random; do ft $arm $blr 0; done; done
+# Where an arm's best blr sits on the grid's edge, the grid grows by one factor-3 step there, for both arms
+# (at most EXTEND times), so that neither arm is held to an lr that may be too small or too large for it.
+for _ in $(seq "${EXTEND:-2}"); do
+  blr=$("$PY" experiments/finetune_fashion_mnist/summarize.py extend)
+  [ -z "$blr" ] && break
+  for arm in mae random; do ft $arm "$blr" 0; done
+done
 "$PY" experiments/finetune_fashion_mnist/summarize.py choose | tee "$OUT/chosen_blr.txt"
 for seed in $SEEDS; do  # arm by arm within a seed: a run cut short leaves both arms with the same seeds
   while read -r arm blr; do ft "$arm" "$blr" "$seed"; done < "$OUT/chosen_blr.txt"

@@ -1,6 +1,7 @@
 """Tables of experiments/finetune_fashion_mnist from its raw files (never typed by hand).
 
     python experiments/finetune_fashion_mnist/summarize.py choose   # "<arm> <blr>" per arm: best val top-1, seed 0
+    python experiments/finetune_fashion_mnist/summarize.py extend   # a blr 3x past the grid's edge if a best is on it
     python experiments/finetune_fashion_mnist/summarize.py          # raw/sweep.tsv, raw/seeds.tsv, tables on stdout
 
 Fine-tuning runs are raw/ft_<arm>_blr<blr>_seed<seed>.json (eval_finetune metrics). The blr of an arm is
@@ -78,6 +79,18 @@ def write_tsv(path: Path, rows: list[dict]) -> None:
 def main() -> None:
     rows = runs()
     best = chosen(rows)
+    if sys.argv[1:] == ["extend"]:  # a blr one factor 3 beyond the grid where an arm's best sits on its edge
+        grid = sorted({r["blr"] for r in rows if r["seed"] == 0})
+        for tag in best.values():
+            if float(tag) == grid[-1] and len(grid) > 1:
+                mantissa, exponent = f"{3 * grid[-1]:.0e}".split("e")
+                print(f"{mantissa}e{int(exponent)}")
+                return
+            if float(tag) == grid[0] and len(grid) > 1:
+                mantissa, exponent = f"{grid[0] / 3:.0e}".split("e")
+                print(f"{mantissa}e{int(exponent)}")
+                return
+        return
     if sys.argv[1:] == ["choose"]:
         for arm, blr in best.items():
             print(arm, blr)
