@@ -41,12 +41,13 @@ cp $R/mae_seed0/metrics.json "$OUT/mae_seed0.json"
 #    slower on this CPU by the pre-training's start-up probe)
 SPLIT=(+data_overrides.val_from_train=$VAL +data_overrides.train_subset=$SUBSET +data_overrides.batch_size=$BATCH
        +data_overrides.num_workers=0)
-ft() {  # arm blr seed
-  local arm=$1 blr=$2 seed=$3 init=pretrained
+ft() {  # arm blr seed [epochs warmup]: tag ft_<arm>_blr<blr>_seed<seed>, plus _e<epochs> when not $EPOCHS
+  local arm=$1 blr=$2 seed=$3 epochs=${4:-$EPOCHS} warmup=${5:-$WARMUP} init=pretrained
   [ "$arm" = random ] && init=random
   local tag=ft_${arm}_blr${blr}_seed${seed}
-  OMP_NUM_THREADS=$FT_THREADS step "$tag" nice -n 5 "$PY" -m mae_zoo.eval ckpt=$CKPT init=$init eval=finetune eval.epochs=$EPOCHS \
-    eval.warmup_epochs=$WARMUP eval.blr=$blr eval.val_every=$VAL_EVERY eval.precision=32-true eval.log_every_n_steps=0 \
+  [ "$epochs" != "$EPOCHS" ] && tag=${tag}_e$epochs
+  OMP_NUM_THREADS=$FT_THREADS step "$tag" nice -n 5 "$PY" -m mae_zoo.eval ckpt=$CKPT init=$init eval=finetune eval.epochs=$epochs \
+    eval.warmup_epochs=$warmup eval.blr=$blr eval.val_every=$VAL_EVERY eval.precision=32-true eval.log_every_n_steps=0 \
     seed=$seed print_config=false "${SPLIT[@]}" hydra.run.dir=$R/$tag
   cp $R/$tag/finetune_curve.csv "$OUT/$tag.curve.csv"
 }
@@ -69,4 +70,6 @@ for arm in mae random pixels; do
   OMP_NUM_THREADS=$FT_THREADS step linear_$arm nice -n 5 "$PY" -m mae_zoo.eval ckpt=$CKPT eval=linear "${extra[@]}" seed=0 print_config=false \
     "${SPLIT[@]}" hydra.run.dir=$R/linear_$arm
 done
+# 4. budget check: seed 0 of each arm at its chosen blr with twice the epochs (40, warmup 4): does the gap hold?
+while read -r arm blr; do ft "$arm" "$blr" 0 $((2 * EPOCHS)) $((2 * WARMUP)); done < "$OUT/chosen_blr.txt"
 "$PY" experiments/finetune_fashion_mnist/summarize.py | tee "$OUT/summary.md"

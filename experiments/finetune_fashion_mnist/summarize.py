@@ -126,6 +126,18 @@ def main() -> None:
             f"| {arm} | {best[arm]} | {len(rs)} | {per_seed} | {statistics.mean(test):.2f} ± {sd:.2f} | "
             f"{statistics.mean(val):.2f} ± {vsd:.2f} |"
         )
+    longer = sorted(RAW.glob("ft_*_e[0-9]*.json"))
+    if longer:
+        print("\nbudget check (seed 0, chosen blr, more epochs):")
+        print("| run | epochs | val top-1 | test top-1 | final train loss | val curve (epoch:top-1) |")
+        print("|---|---:|---:|---:|---:|---|")
+        for path in longer:
+            m = json.loads(path.read_text())
+            curve = " ".join(f"{e}:{v}" for e, v in m["eval_finetune/val_top1_per_epoch"])
+            print(
+                f"| {path.stem} | {m['eval_finetune/epochs']} | {m['eval_finetune/val_top1']:.2f} | "
+                f"{m['eval_finetune/test_top1']:.2f} | {m['eval_finetune/train_loss']:.3f} | {curve} |"
+            )
     if len(means) == 2:
         gap = means["mae"][0] - means["random"][0]
         print(f"\ngap mae - random (test mean): {gap:+.2f} points")
