@@ -70,6 +70,8 @@ for arm in mae random pixels; do
   OMP_NUM_THREADS=$FT_THREADS step linear_$arm nice -n 5 "$PY" -m mae_zoo.eval ckpt=$CKPT eval=linear "${extra[@]}" seed=0 print_config=false \
     "${SPLIT[@]}" hydra.run.dir=$R/linear_$arm
 done
-# 4. budget check: seed 0 of each arm at its chosen blr with twice the epochs (40, warmup 4): does the gap hold?
-while read -r arm blr; do ft "$arm" "$blr" 0 $((2 * EPOCHS)) $((2 * WARMUP)); done < "$OUT/chosen_blr.txt"
+# 4. budget check: seeds 0 and 1 of each arm at its chosen blr with twice the epochs (40, warmup 4): does the gap hold?
+for seed in ${LONG_SEEDS:-0 1}; do
+  while read -r arm blr; do ft "$arm" "$blr" "$seed" $((2 * EPOCHS)) $((2 * WARMUP)); done < "$OUT/chosen_blr.txt"
+done
 "$PY" experiments/finetune_fashion_mnist/summarize.py | tee "$OUT/summary.md"
