@@ -128,7 +128,7 @@ def main() -> None:
         )
     longer = sorted(RAW.glob("ft_*_e[0-9]*.json"))
     if longer:
-        print("\nbudget check (seed 0, chosen blr, more epochs):")
+        print("\nbudget check (chosen blr, more epochs):")
         print("| run | epochs | val top-1 | test top-1 | final train loss | val curve (epoch:top-1) |")
         print("|---|---:|---:|---:|---:|---|")
         for path in longer:
