@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install lint format train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-distill-fashion-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
+.PHONY: install lint format train test test-fast smoke bench bench-graph record-fashion-mnist record-mnist record-distill-fashion-mnist record-finetune-fashion-mnist record-graphmae-planetoid record-graphmae-tu check-graphmae-official record-slurm-sweep clean help
 
 help:
 	@echo "make train   - install, then pre-train an image MAE on the embedded shapes dataset (a few CPU minutes)"
@@ -18,6 +18,7 @@ help:
 	@echo "make record-fashion-mnist - the experiments/mae_fashion_mnist record run (about 25 min)"
 	@echo "make record-mnist - the experiments/mae_mnist pre-training run (about 35 min; evaluation commands in its README)"
 	@echo "make record-distill-fashion-mnist - experiments/distill_fashion_mnist: teacher + 6 students + probes (SEED=0; about 1 h on a quiet 2-core CPU)"
+	@echo "make record-finetune-fashion-mnist - experiments/finetune_fashion_mnist: MAE pre-training, then fine-tuning vs random init on 1 000 labels, blr sweep + 3 seeds (about 1.5 h on a busy 2-core CPU)"
 	@echo "make record-graphmae-planetoid - GraphMAE Cora + CiteSeer, 20 seeds each (hours on 2 cores; SEEDS=range(0,5) for fewer)"
 	@echo "make record-graphmae-tu - GraphMAE MUTAG, 5 seeds (about 3 min)"
 	@echo "make check-graphmae-official OFFICIAL=DIR - our GraphMAE vs a checkout of the official code (branch pyg): same loss/gradients"
@@ -64,6 +65,9 @@ record-mnist: install
 
 record-distill-fashion-mnist: install
 	PY=$(PY) bash experiments/distill_fashion_mnist/run.sh $(or $(SEED),0)
+
+record-finetune-fashion-mnist: install
+	PY=$(PY) bash experiments/finetune_fashion_mnist/run.sh
 
 # Seeds accumulate in runs/results/<task>.{jsonl,md}: a partial sweep can be continued with other SEEDS.
 SEEDS ?= range(0,20)

@@ -101,6 +101,28 @@ def test_finetune_smoke(tiny_ckpt, tmp_path):
     assert math.isfinite(metrics["eval_finetune/train_loss"])
 
 
+def test_finetune_on_a_carved_val_split_reports_val_and_test_and_reads_test_once(tiny_ckpt, tmp_path, monkeypatch):
+    from mae_zoo.data.image import ImageDataModule
+
+    calls = []
+    original = ImageDataModule.test_dataloader
+    monkeypatch.setattr(ImageDataModule, "test_dataloader", lambda self: calls.append(1) or original(self))
+    split = ["+data_overrides.val_from_train=96", "+data_overrides.train_subset=64", "eval.val_every=1"]
+    cfg = compose_eval([f"ckpt={tiny_ckpt}", "eval=finetune", "eval.log_every_n_steps=0", *SMOKE, *split], tmp_path)
+    metrics = evaluate(cfg)
+    assert calls == [1]  # the test split is scored once, after training; the curve reads val only
+    assert metrics["eval_finetune/val_split"] == "carved from train"
+    assert metrics["eval_finetune/num_train"] == 64 and metrics["eval_finetune/steps"] == 4
+    assert metrics["eval_finetune/num_val"] == 32 and metrics["eval_finetune/num_test"] == 32  # 2 batches of 16
+    assert 0 <= metrics["eval_finetune/val_top1"] <= metrics["eval_finetune/val_top5"] <= 100
+    assert metrics["eval_finetune/top1"] == metrics["eval_finetune/test_top1"]
+    assert metrics["eval_finetune/val_top1_per_epoch"] == [[1, round(metrics["eval_finetune/val_top1"], 3)]]
+    rows = (tmp_path / "finetune_curve.csv").read_text().splitlines()
+    assert rows[0] == "epoch,step,train_loss,val_top1,wall_s" and len(rows) == 2
+    with pytest.raises(ConfigError, match="val_every"):
+        evaluate(compose_eval([f"ckpt={tiny_ckpt}", "eval=finetune", "eval.val_every=0", *SMOKE], tmp_path / "b"))
+
+
 def test_finetune_does_not_touch_the_pretrained_model(tiny_ckpt):
     model = ImageMAE(**torch.load(tiny_ckpt, weights_only=True)["hyper_parameters"])
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}

@@ -209,6 +209,10 @@ class MAEDataModule(pl.LightningDataModule):
         """The training dataset; None until ``setup``."""
         self.val_set: Dataset | None = None
         """The validation dataset; None until ``setup``."""
+        self.test_set: Dataset | None = None
+        """A test split kept apart from ``val_set``; None unless the datamodule carves its validation
+        split out of the training data (``val_from_train`` of the image data), which leaves the
+        dataset's own test split here, for final numbers only."""
         self.skipped: SkippedFiles | None = None
         """The unreadable files the datasets skipped; made by :meth:`skip_counter`, handed to the
         datasets, which add to it with :func:`count_skipped`."""
@@ -309,6 +313,15 @@ class MAEDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "setup() builds the datasets"
         return self.loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The ``test_set`` in order; a ConfigError when the datamodule keeps none apart from ``val_set``."""
+        if self.test_set is None:
+            raise ConfigError(
+                f"{type(self).__name__} has no test split apart from its validation split "
+                "(image data: set data.val_from_train to carve the validation split out of the training set)"
+            )
+        return self.loader(self.test_set, False)
 
     # ------------------------------------------------------------------------------- evaluation
     def unaugmented_train_set(self) -> Dataset:

@@ -8,6 +8,13 @@ MAE today, the other ViT-based modalities as they come. For other encoders it fa
 ``model.embed`` + head, trained with one LR (no layer decay or drop path), and says so in the
 metrics (``eval_finetune/mode``).
 
+Splits: the model is trained on the datamodule's train loader and scored on its val loader. When the
+datamodule keeps a test split apart (image data with ``data.val_from_train``), the val loader is
+the held-out part of the training set and the test split is scored once, after training:
+``eval_finetune/val_top1`` (carved split) and ``eval_finetune/test_top1`` (= ``eval_finetune/top1``,
+the final number). Nothing is selected on the test split: the reported model is the last epoch's,
+and ``val_every`` only records the val curve (``finetune_curve.csv``) for choosing hyper-parameters.
+
 Deviations from MAE, for a CPU budget: no RandAugment/mixup/cutmix/random erasing; the train loader
 is the datamodule's own augmented one (RandomResizedCrop as in pre-training, flip as configured).
 """
@@ -15,8 +22,10 @@ is the datamodule's own augmented one (RandomResizedCrop as in pre-training, fli
 from __future__ import annotations
 
 import copy
+import csv
 import math
 import time
+from collections.abc import Sized
 from pathlib import Path
 from typing import Any
 
@@ -163,9 +172,12 @@ class FineTune(Evaluator):
         precision: str = "auto",
         num_classes: int | None = None,
         log_every_n_steps: int = 50,
+        val_every: int | None = None,
     ) -> None:
         if epochs < 1:
             raise ConfigError(f"eval.epochs must be positive, got {epochs}")
+        if val_every is not None and val_every < 1:
+            raise ConfigError(f"eval.val_every must be null (val after the last epoch only) or >= 1, got {val_every}")
         if not 0 < layer_decay <= 1:
             raise ConfigError(f"eval.layer_decay must be in (0, 1], got {layer_decay}")
         if not 0 <= drop_path < 1:
@@ -181,6 +193,7 @@ class FineTune(Evaluator):
         )
         self.device, self.precision, self.num_classes = device, precision, num_classes
         self.log_every_n_steps = log_every_n_steps
+        self.val_every = val_every
 
     def build(self, model: MaskedAutoencoder, num_classes: int, sample: Any) -> tuple[nn.Module, list[dict], str]:
         """The classifier, its optimizer groups and the mode ('vit' or 'embed')."""
@@ -215,6 +228,7 @@ class FineTune(Evaluator):
             min_factor=self.min_lr / lr if lr else 0.0,
         )
         step, history = 0, []
+        curve: list[dict[str, Any]] = []  # one row per epoch: train loss, and val top-1 where measured
         start = time.time()
         for epoch in range(self.epochs):
             net.train()
@@ -244,9 +258,30 @@ class FineTune(Evaluator):
                         flush=True,
                     )
             history.append(round(loss_sum / max(1, seen), 5))
+            row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "train_loss": history[-1], "val_top1": ""}
+            if self.val_every and ((epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs):
+                epoch_logits, epoch_labels = predict(net, val_loader, device, precision)
+                row["val_top1"] = round(accuracy_metrics("v", epoch_logits, epoch_labels, num_classes)["v/top1"], 3)
+                print(f"finetune: epoch {epoch + 1} val top-1 {row['val_top1']}", flush=True)
+            row["wall_s"] = round(time.time() - start, 1)
+            curve.append(row)
         train_s = time.time() - start
+        write_curve(curve, run_dir)
         logits, labels = predict(net, val_loader, device, precision)
-        metrics: dict[str, Any] = accuracy_metrics("eval_finetune", logits, labels, num_classes)
+        val_metrics = accuracy_metrics("eval_finetune", logits, labels, num_classes)
+        metrics: dict[str, Any] = dict(val_metrics)
+        if datamodule.test_set is not None:  # val is carved from train: report both, the test split last
+            metrics = {key.replace("eval_finetune/", "eval_finetune/val_"): value for key, value in val_metrics.items()}
+            test_logits, test_labels = predict(net, datamodule.test_dataloader(), device, precision)
+            test_metrics = accuracy_metrics("eval_finetune", test_logits, test_labels, num_classes)
+            metrics.update(test_metrics)  # top1 / top5: the final number, on the test split
+            metrics.update({key.replace("eval_finetune/", "eval_finetune/test_"): v for key, v in test_metrics.items()})
+            metrics["eval_finetune/num_test"] = int(test_labels.shape[0])
+        metrics["eval_finetune/val_split"] = "carved from train" if datamodule.test_set is not None else "test split"
+        train_data = train_loader.dataset
+        metrics["eval_finetune/num_train"] = len(train_data) if isinstance(train_data, Sized) else None
+        measured = [[row["epoch"], row["val_top1"]] for row in curve if row["val_top1"] != ""]
+        metrics["eval_finetune/val_top1_per_epoch"] = measured
         metrics.update(
             {
                 "eval_finetune/train_loss": history[-1],
@@ -267,6 +302,18 @@ class FineTune(Evaluator):
         if not math.isfinite(history[-1]):
             raise FloatingPointError("fine-tuning diverged")
         return metrics
+
+
+def write_curve(curve: list[dict[str, Any]], run_dir: Path) -> None:
+    """``finetune_curve.csv`` in the run folder: epoch, step, train_loss, val_top1 (blank where not
+    measured), wall_s."""
+    if not curve:
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "finetune_curve.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(curve[0]))
+        writer.writeheader()
+        writer.writerows(curve)
 
 
 def batch_labels(batch: Any) -> torch.Tensor:
