@@ -1,5 +1,5 @@
 """ChA-MAEViT: the dynamic channel-patch mask (counts per strategy, the official rules), the per-channel
-tokenizer, the networks and loss, the cells set and the .npy stack reader, start-up errors, one smoke run."""
+tokenizer, the networks and loss, the cells set and the .npy and TIFF stack reader, start-up errors, one smoke run."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.types import Layout
 from mae_zoo.data.cells import make_cells
-from mae_zoo.data.multichannel import MultiChannelDataModule, has_tifffile
+from mae_zoo.data.multichannel import MultiChannelDataModule
 from mae_zoo.masks.base import MaskConfigError, MaskLayoutError
 from mae_zoo.masks.channel_patch import ChannelPatchMask
 from mae_zoo.modalities.multichannel import ChAMAEViT, patchify_channels, unpatchify_channels
@@ -188,11 +189,29 @@ def test_stack_folder_reads_npy_and_skips_bad_files(tmp_path: Path):
     batches = list(dm.train_dataloader())
     assert batches[0][0].shape == (4, 3, 4, 4) and dm.num_classes == 2  # resized to 4 px; 2 of 6 skipped
     assert dm.num_skipped == 2
-    (tmp_path / "val" / "a" / "x.tif").write_bytes(b"II*\x00")
-    fresh = MultiChannelDataModule("stack_folder", str(tmp_path), num_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
-    if not has_tifffile():
-        with pytest.raises(ConfigError, match="tifffile"):
-            fresh.setup()
+
+
+def test_stack_folder_reads_tiff_stacks_like_npy(tmp_path: Path):
+    """A uint16 (C, H, W) TIFF gives the same tensor as the same array saved as .npy; a truncated TIFF is skipped."""
+    stack = np.random.default_rng(1).integers(0, 65535, (3, 8, 8), dtype=np.uint16)
+    for split in ("train", "val"):
+        for fmt in ("tif", "npy"):
+            folder = tmp_path / split / fmt
+            folder.mkdir(parents=True)
+            if fmt == "tif":
+                tifffile.imwrite(folder / "s.tif", stack)
+            else:
+                np.save(folder / "s.npy", stack)
+    (tmp_path / "train" / "tif" / "truncated.tiff").write_bytes(b"II*\x00")
+    dm = MultiChannelDataModule("stack_folder", str(tmp_path), image_size=8, num_channels=3, mean=[0.5] * 3,
+                                std=[0.25] * 3, batch_size=8, num_workers=0, flips=False)  # fmt: skip
+    dm.setup()
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (2, 3, 8, 8) and torch.equal(x[0], x[1]) and y.tolist() == [0, 1]  # classes: npy, tif
+    expected = (torch.from_numpy(stack.astype(np.float32) / 65535.0) - 0.5) / 0.25
+    torch.testing.assert_close(x[0], expected)
+    list(dm.train_dataloader())
+    assert dm.num_skipped == 1
 
 
 def test_chamaevit_preset_smoke_run(tmp_path):

@@ -1,5 +1,5 @@
 """Multi-channel image data (microscopy, satellite): the embedded ``cells`` set and folders of
-``.npy`` stacks (``.tif``/``.tiff`` too where ``tifffile`` is installed).
+``.npy`` and ``.tif``/``.tiff`` stacks.
 
 Stacks are (C, H, W) arrays: uint8 (scaled by 1/255), uint16 (by 1/65535) or float (taken as
 is), resized to ``image_size`` and normalised per channel with ``mean``/``std``. Augmentation is
@@ -8,12 +8,12 @@ flips only (horizontal and vertical): a random crop could cut cells at the borde
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import tifffile
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -31,10 +31,6 @@ NPY = (".npy",)
 TIFF = (".tif", ".tiff")
 
 
-def has_tifffile() -> bool:
-    return importlib.util.find_spec("tifffile") is not None
-
-
 def to_unit_float(array: np.ndarray) -> torch.Tensor:
     """An integer or float array as float32 in [0, 1] units (integers scaled by their type's maximum)."""
     if np.issubdtype(array.dtype, np.integer):
@@ -45,10 +41,8 @@ def to_unit_float(array: np.ndarray) -> torch.Tensor:
 
 
 def read_stack(path: str) -> np.ndarray:
-    """A (C, H, W) array from a ``.npy`` file (or a TIFF stack with tifffile)."""
+    """A (C, H, W) array from a ``.npy`` file or a TIFF stack (pages = channels)."""
     if path.lower().endswith(TIFF):
-        import tifffile  # optional: checked at setup, absent in most installs
-
         array = tifffile.imread(path)
     else:
         array = np.load(path, allow_pickle=False)
@@ -95,12 +89,6 @@ class StackFolder(Dataset):
         ]
         if not self.samples:
             raise ConfigError(f"stack_folder found no {'/'.join(suffixes)} file under {root}/<class>/")
-        tiffs = [p for p, _ in self.samples if p.lower().endswith(TIFF)]
-        if tiffs and not has_tifffile():
-            raise ConfigError(
-                f"{len(tiffs)} TIFF stacks under {root} (e.g. {tiffs[0]}) need the 'tifffile' package, which is "
-                "not installed: pip install tifffile, or convert them to .npy (C, H, W) arrays"
-            )
         self.channels, self.transform, self.skipped = channels, transform, skipped
 
     def __len__(self) -> int:
