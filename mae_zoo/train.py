@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import pytorch_lightning as pl
@@ -41,6 +41,9 @@ from mae_zoo.utils.runtime import (
     write_metrics,
     write_run_records,
 )
+
+if TYPE_CHECKING:  # imported where seeds > 1: it pulls in torch-geometric
+    from mae_zoo.modalities.graph_seeds import SeedTable
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +177,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if cfg.get("print_config", True):
                 print_config_tree(cfg)
         final_eval = instantiate_checked(cfg.final_eval, _convert_="all") if cfg.get("final_eval") else None
+        seed_table: SeedTable | None = None
         if final_eval is not None and int(cfg.get("seeds", 1)) > 1:
             from mae_zoo.modalities.graph_seeds import SeedTable
 
-            final_eval = SeedTable(final_eval)  # the probe on every seed's model, and seeds.md
+            final_eval = seed_table = SeedTable(final_eval)  # the probe on every seed's model, and seeds.md
         if final_eval is not None:
             with config_errors_surface():  # a protocol that does not fit the data fails now, not after training
                 final_eval.check(module, datamodule)
@@ -206,7 +210,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log_final_metrics(trainer.loggers, metrics)  # W&B: final/metrics table + summary
             if cfg.get("results_file"):
                 # One row per seed: a seeds=S job fills the same table as S one-seed runs.
-                rows = getattr(final_eval, "rows", None) or [{"seed": cfg.seed, "metrics": metrics}]
+                rows = (seed_table.rows if seed_table else None) or [{"seed": cfg.seed, "metrics": metrics}]
                 for row in rows:
                     table = record_result(cfg.results_file, row["seed"], row["metrics"], str(run_dir))
                 print(f"results: {table}")

@@ -18,6 +18,19 @@ SHARED_DATA = Path(os.environ.get("MAE_ZOO_DATA", ROOT.parent / "shared" / "data
 
 # Small and quick: what most tests train with.
 FAST = ["model=vit_micro", "debug=smoke", "print_config=false", "logger=csv"]
+# A tiny GraphMAE GAT (conf/model/gat.yaml's keys), dropout off so that runs compare exactly.
+TINY_GAT = {
+    "kind": "gat",
+    "hidden": 16,
+    "layers": 2,
+    "heads": 2,
+    "activation": "prelu",
+    "feat_drop": 0.0,
+    "attn_drop": 0.0,
+    "negative_slope": 0.2,
+    "residual": False,
+    "norm": None,
+}
 
 # Under pytest-xdist (make test: two workers on two cores) each worker takes one core.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from conftest import ROOT, compose_cfg, needs_shared, run_cli
+from conftest import ROOT, TINY_GAT, compose_cfg, needs_shared, run_cli
 from mae_zoo.api import load
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.types import Layout, Masks
@@ -27,18 +27,7 @@ from mae_zoo.results import read_results, record_result
 from mae_zoo.train import train
 
 GRAPH_FAST = ["modality=graph", "debug=smoke", "print_config=false", "logger=csv"]
-GAT = {
-    "kind": "gat",
-    "hidden": 16,
-    "layers": 2,
-    "heads": 2,
-    "activation": "prelu",
-    "feat_drop": 0.0,
-    "attn_drop": 0.0,
-    "negative_slope": 0.2,
-    "residual": False,
-    "norm": None,
-}
+GAT = TINY_GAT
 OPTIM = {"name": "adam", "decay_all": True, "lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999]}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch_geometric.data import Data
 
-from conftest import compose_cfg
+from conftest import TINY_GAT, compose_cfg
 from mae_zoo.callbacks.last_checkpoint import LastCheckpoint
 from mae_zoo.core.errors import ConfigError
 from mae_zoo.core.module import mask_seed
@@ -20,18 +20,7 @@ from mae_zoo.objectives import ScaledCosineError
 from mae_zoo.results import read_results
 from mae_zoo.train import build, train
 
-GAT = {
-    "kind": "gat",
-    "hidden": 16,
-    "layers": 2,
-    "heads": 2,
-    "activation": "prelu",
-    "feat_drop": 0.0,  # dropout off: the batched and the one-seed models then compute the same thing
-    "attn_drop": 0.0,
-    "negative_slope": 0.2,
-    "residual": False,
-    "norm": None,
-}
+GAT = TINY_GAT  # dropout off: the batched and the one-seed models then compute the same thing
 ARGS = {
     "encoder": GAT,
     "decoder": {"kind": "gat", "heads": 1},

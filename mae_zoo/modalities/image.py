@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -20,7 +19,6 @@ from mae_zoo.nets.vit import (
     ViTEncoder,
     init_mae_weights,
 )
-from mae_zoo.objectives import MaskedMSE
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -117,10 +115,6 @@ class ImageMAE(PixelMAE):
         with torch.no_grad():
             target = self.encoder(tokens.inputs, ~masks.hidden)
         return self.decoder(encoded, target, keep=keep)
-
-    @classmethod
-    def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
-        return MaskedMSE.spec(norm_pix_loss=True)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -3,7 +3,7 @@ normalisation, the pooling choice and the reconstruction views."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from mae_zoo.core.errors import check_patch_size
 from mae_zoo.core.module import MaskedAutoencoder
+from mae_zoo.objectives import MaskedMSE
 
 
 class PixelStats(nn.Module):
@@ -59,6 +60,12 @@ class PixelMAE(MaskedAutoencoder):
 
     spatial_dims: int = 2  # 2: images (B, C, H, W); 3: clips (B, C, T, H, W)
     frame_name: str = "image size"
+
+    @classmethod
+    def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
+        """MAE's pixel loss, norm-pix MSE on hidden patches (image MAE, SparK); video and multi-channel
+        MAEs override it with their papers' variants."""
+        return MaskedMSE.spec(norm_pix_loss=True)
 
     def __init__(
         self,

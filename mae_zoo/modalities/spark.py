@@ -40,7 +40,6 @@ from mae_zoo.masks.base import MaskConfigError
 from mae_zoo.modalities.image import patchify, unpatchify
 from mae_zoo.modalities.pixels import PixelMAE
 from mae_zoo.nets.sparse_cnn import SparseMask, sparse_batch_norm, sparsify
-from mae_zoo.objectives import MaskedMSE
 
 DENSIFY_NORMS = ("bn", "ln", "none")
 
@@ -290,10 +289,6 @@ class SparK(PixelMAE):
         net.train(was_training)
         self._level_widths = [f.shape[1] for f in feats]
         return [self.img_size // f.shape[-1] for f in feats]
-
-    @classmethod
-    def default_objective(cls, hparams: Mapping[str, Any]) -> dict:
-        return MaskedMSE.spec(norm_pix_loss=True)
 
     @property
     def grid(self) -> tuple[int, int]:
